@@ -1,0 +1,10 @@
+"""HTTP routers: pose (single, batch, render), model card, health and metrics, the demo page."""
+
+from fastapi import FastAPI
+
+
+def register_routes(app: FastAPI) -> None:
+    from service.api import health, model, page, pose
+
+    for module in (pose, model, health, page):
+        app.include_router(module.router)

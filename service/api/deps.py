@@ -1,0 +1,22 @@
+"""Access to the service state from routes; 503 until the model is loaded and warmed up."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from service.errors import PoseError
+from service.main import ServiceState
+from service.pipeline import PosePipeline
+
+
+def service_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+def ready_pipeline(request: Request) -> PosePipeline:
+    state = service_state(request)
+    if state.draining:
+        raise PoseError("shutting_down", "the service is shutting down", retry_after_s=1)
+    if state.pipeline is None or not state.ready:
+        raise PoseError("not_ready", f"not ready: {state.not_ready_reason}", retry_after_s=5)
+    return state.pipeline

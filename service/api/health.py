@@ -1,0 +1,33 @@
+"""/livez (the process answers), /readyz (model loaded, warmed up, provider active, not draining), /metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.api.deps import service_state
+from service.schemas import HealthResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/livez", response_model=HealthResponse, summary="Liveness: the process is up")
+async def livez() -> HealthResponse:
+    return HealthResponse(status="ok")
+
+
+@router.get("/readyz", response_model=HealthResponse, responses={503: {"model": HealthResponse}},
+            summary="Readiness: model loaded, warmed up, configured provider active")
+async def readyz(request: Request):
+    state = service_state(request)
+    if state.ready:
+        return HealthResponse(status="ready")
+    body = HealthResponse(status="not_ready", detail=state.not_ready_reason)
+    return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "5"})
+
+
+@router.get("/metrics", response_class=Response, summary="Prometheus metrics",
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(service_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

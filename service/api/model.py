@@ -1,0 +1,35 @@
+"""GET /v1/model: the model card and what the runtime made of it."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from service.api.deps import service_state
+from service.errors import PoseError
+from service.schemas import ModelCardResponse
+
+router = APIRouter(tags=["model"])
+
+
+@router.get("/v1/model", response_model=ModelCardResponse, summary="The served model's card")
+async def model_card(request: Request) -> ModelCardResponse:
+    state = service_state(request)
+    if state.model is None:
+        raise PoseError("not_ready", "the model is not loaded yet", retry_after_s=5)
+    card, backend = state.model.card, state.model.backend
+    return ModelCardResponse(
+        name=card.name,
+        arch=card.arch,
+        trained=card.trained,
+        warning=card.warning,
+        provider=backend.provider,
+        provider_ok=state.model.provider_status.ok,
+        input=card.input.model_dump(),
+        output=card.output.model_dump(),
+        keypoints=card.keypoints,
+        flip_pairs=[list(p) for p in card.flip_pairs],
+        skeleton=[list(e) for e in card.skeleton],
+        batch_sizes=list(getattr(backend, "batch_sizes", [])),
+        card_found=state.model.card_found,
+        card=card.model_dump(mode="json"),
+    )

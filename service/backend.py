@@ -1,0 +1,186 @@
+"""Inference backends. `Backend` is what the batcher calls; `OrtBackend` runs an ONNX file in ONNX Runtime.
+
+The backend knows nothing of queues or HTTP: it turns a float32 NCHW batch into heatmaps. It pads batches
+to a small set of sizes so that ONNX Runtime (and TensorRT engines) see few distinct shapes, all warmed up
+before the service reports ready.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from service.errors import PoseError
+
+log = logging.getLogger(__name__)
+
+PROVIDER_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+class ModelLoadError(RuntimeError):
+    """The model file is missing or unusable; start-up stops with this one-line message."""
+
+
+class Backend(Protocol):
+    input_hw: tuple[int, int]
+    heatmap_hw: tuple[int, int]
+    num_keypoints: int
+    max_batch_size: int
+    provider: str
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """float32 (N,3,H,W) -> float32 (N,K,h,w)."""
+        ...
+
+    def warmup(self) -> None: ...
+
+
+@dataclass
+class ProviderStatus:
+    requested: str
+    active: str
+    ok: bool
+    reason: str = ""
+
+
+def choose_providers(requested: str, available: list[str], trt_cache_dir: Path | None = None,
+                     trt_fp16: bool = False) -> list:
+    """Execution providers in priority order for `requested` (auto | cpu | cuda | tensorrt).
+
+    `auto` uses CUDA when this onnxruntime build has it, never TensorRT (engine builds take minutes; ask
+    for it explicitly). CPU is always last so a session can be created; `provider_status` then reports
+    whether the requested provider really became active.
+    """
+    if requested == "auto":
+        requested = "cuda" if PROVIDER_NAMES["cuda"] in available else "cpu"
+    chain: list = []
+    if requested == "tensorrt":
+        trt_options: dict[str, str] = {"trt_fp16_enable": str(trt_fp16)}
+        if trt_cache_dir is not None:
+            trt_options |= {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(trt_cache_dir)}
+        chain.append((PROVIDER_NAMES["tensorrt"], trt_options))
+    if requested in ("tensorrt", "cuda"):
+        chain.append(PROVIDER_NAMES["cuda"])
+    chain.append(PROVIDER_NAMES["cpu"])
+    return chain
+
+
+def padded_batch_sizes(max_batch_size: int, gpu: bool) -> list[int]:
+    """The batch shapes the session will see. On GPU, powers of two (plus the max): TensorRT builds an
+    engine per shape and padding is nearly free. On CPU cost is linear in batch size, so padding would
+    only burn cycles: every size up to the max (a handful) is allowed."""
+    if not gpu:
+        return list(range(1, max_batch_size + 1))
+    sizes, size = [], 1
+    while size < max_batch_size:
+        sizes.append(size)
+        size *= 2
+    return sizes + [max_batch_size]
+
+
+@dataclass
+class OrtBackend:
+    """One ONNX Runtime session. `infer` is called from one worker thread at a time."""
+
+    model_path: Path
+    requested_provider: str = "auto"
+    intra_op_threads: int = 0
+    max_batch: int = 8
+    trt_cache_dir: Path | None = None
+    trt_fp16: bool = False
+    status: ProviderStatus = field(init=False)
+
+    def __post_init__(self) -> None:
+        import onnxruntime as ort
+
+        if not self.model_path.is_file():
+            raise ModelLoadError(f"model file not found: {self.model_path}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self.intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        chain = choose_providers(self.requested_provider, ort.get_available_providers(),
+                                 self.trt_cache_dir, self.trt_fp16)
+        try:
+            self.session = ort.InferenceSession(str(self.model_path), options, providers=chain)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise ModelLoadError(f"cannot load ONNX model {self.model_path}: {str(exc).splitlines()[0]}") from exc
+        self.status = self._provider_status(chain)
+        self._read_shapes()
+        gpu = self.provider != PROVIDER_NAMES["cpu"]
+        self.batch_sizes = [self.fixed_batch] if self.fixed_batch else padded_batch_sizes(self.max_batch, gpu)
+        self._use_io_binding = self.provider == PROVIDER_NAMES["cuda"]
+
+    @property
+    def provider(self) -> str:
+        return self.status.active
+
+    def _provider_status(self, chain: list) -> ProviderStatus:
+        wanted = chain[0][0] if isinstance(chain[0], tuple) else chain[0]
+        active = self.session.get_providers()[0]
+        ok = active == wanted
+        reason = "" if ok else f"{wanted} was requested but {active} is active (is onnxruntime-gpu installed?)"
+        if not ok:
+            log.warning("execution provider fallback: %s", reason)
+        return ProviderStatus(requested=wanted, active=active, ok=ok, reason=reason)
+
+    def _read_shapes(self) -> None:
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            raise ModelLoadError(f"{self.model_path}: expected one NCHW image input, got {[i.shape for i in inputs]}")
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+        self.input_dtype = np.float16 if inputs[0].type == "tensor(float16)" else np.float32
+        batch_dim, channels, height, width = inputs[0].shape
+        if not all(isinstance(d, int) for d in (channels, height, width)) or channels != 3:
+            raise ModelLoadError(f"{self.model_path}: input must be (N,3,H,W) with fixed H, W; got {inputs[0].shape}")
+        self.input_hw = (height, width)
+        # A fixed batch dimension (e.g. 1) means crops are run that many at a time.
+        self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None
+        self.max_batch_size = self.max_batch
+        probe = self._run(np.zeros((self.fixed_batch or 1, 3, height, width), self.input_dtype))
+        if probe.ndim != 4:
+            raise ModelLoadError(f"{self.model_path}: expected (N,K,h,w) heatmaps, got shape {probe.shape}")
+        self.num_keypoints = probe.shape[1]
+        self.heatmap_hw = (probe.shape[2], probe.shape[3])
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        if getattr(self, "_use_io_binding", False):
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(self.input_name, batch)
+            binding.bind_output(self.output_name, "cuda")
+            self.session.run_with_iobinding(binding)
+            return binding.copy_outputs_to_cpu()[0]
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        if batch.dtype != self.input_dtype:
+            batch = batch.astype(self.input_dtype)
+        # A model exported with a fixed batch dimension is fed that many crops at a time.
+        step = self.fixed_batch or len(batch)
+        out = [self._run_padded(batch[i : i + step]) for i in range(0, len(batch), step)]
+        return (out[0] if len(out) == 1 else np.concatenate(out)).astype(np.float32, copy=False)
+
+    def _run_padded(self, batch: np.ndarray) -> np.ndarray:
+        n = len(batch)
+        size = next((s for s in self.batch_sizes if s >= n), None)
+        if size is None:
+            raise PoseError("internal_error", f"batch of {n} exceeds the backend's largest batch {self.batch_sizes[-1]}")
+        if size > n:
+            batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), batch.dtype)])
+        return self._run(batch)[:n]
+
+    def warmup(self) -> None:
+        """Run every padded batch shape once, so no request pays for a first-shape allocation or engine."""
+        shape = (3, *self.input_hw)
+        for size in self.batch_sizes:
+            self._run(np.zeros((size, *shape), self.input_dtype))

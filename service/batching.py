@@ -1,0 +1,276 @@
+"""The micro-batcher: crops from concurrent requests pooled into one inference batch.
+
+Requests submit their crops (already normalised, float32 NCHW) from the event loop; one worker thread
+forms batches of up to `max_batch_size` crops and calls the backend, off the event loop. A request's crops
+may span batches. It knows nothing of HTTP and nothing of ONNX Runtime: `infer` is any callable.
+
+- Admission control: at most `max_queue_crops` crops admitted (queued + running); beyond that `submit`
+  raises PoseError('overloaded') with a Retry-After hint, so overload is a fast 429, not a growing queue.
+- Waiting: a batch waits up to `max_wait_s` for more crops, but only while another request has announced
+  that it is preparing crops. A lone request is dispatched at once, so batching costs a single client no
+  latency, and under concurrency batches fill by themselves while the previous one runs.
+- Deadlines: a job whose deadline passed while queued is dropped before compute ('deadline_exceeded');
+  a job whose caller went away (cancelled) is dropped too.
+- Isolation: if a batch of several jobs fails, each job is retried alone, so one bad item fails only
+  its own request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import PoseError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchResult:
+    heatmaps: np.ndarray
+    queue_s: float  # enqueue -> first of its crops starts computing
+    inference_s: float  # total compute time of the batches that held its crops
+
+
+@dataclass(eq=False)
+class _Job:
+    crops: np.ndarray
+    deadline: float
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    enqueued_at: float = field(default_factory=time.monotonic)
+    next_crop: int = 0
+    done_crops: int = 0
+    started_at: float | None = None
+    inference_s: float = 0.0
+    abandoned: bool = False  # the caller timed out or disconnected
+    finished: bool = False
+    out: np.ndarray | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.crops)
+
+
+class Announcement:
+    """A request that is preparing crops: the worker may wait (up to max_wait) for its crops."""
+
+    def __init__(self, batcher: MicroBatcher) -> None:
+        self._batcher = batcher
+        self._open = True
+
+    def release(self) -> None:
+        with self._batcher._cond:  # an RLock: submit() releases while holding it
+            if self._open:
+                self._open = False
+                self._batcher._announced -= 1
+                self._batcher._cond.notify()
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        infer: Callable[[np.ndarray], np.ndarray],
+        max_batch_size: int = 8,
+        max_wait_s: float = 0.002,
+        max_queue_crops: int = 64,
+        metrics=None,
+        retry_after_s: float = 1.0,
+    ) -> None:
+        self._infer = infer
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.max_queue_crops = max_queue_crops
+        self.retry_after_s = retry_after_s
+        self._metrics = metrics
+        self._cond = threading.Condition()
+        self._queue: deque[_Job] = deque()
+        self._queued_crops = 0
+        self._inflight_crops = 0
+        self._announced = 0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._work, name="pose-batcher", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Stop admitting; the worker finishes every admitted crop, then exits."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    @property
+    def inflight_crops(self) -> int:
+        return self._inflight_crops
+
+    @property
+    def queued_crops(self) -> int:
+        return self._queued_crops
+
+    # -- the event-loop side -----------------------------------------------------------------------
+    def announce(self) -> Announcement:
+        with self._cond:
+            self._announced += 1
+        return Announcement(self)
+
+    async def submit(self, crops: np.ndarray, deadline: float, announcement: Announcement | None = None) -> BatchResult:
+        """Queue `crops` (N,3,H,W); return their heatmaps once every crop has been computed.
+
+        `deadline` is a time.monotonic() value. Raises PoseError: overloaded, shutting_down,
+        deadline_exceeded or inference_failed.
+        """
+        loop = asyncio.get_running_loop()
+        job = _Job(crops=crops, deadline=deadline, loop=loop, future=loop.create_future())
+        with self._cond:
+            if announcement is not None:
+                announcement.release()
+            self._admit(job)
+            self._queue.append(job)
+            self._queued_crops += job.size
+            self._inflight_crops += job.size
+            self._publish_depth()
+            self._cond.notify()
+        try:
+            return await asyncio.wait_for(job.future, timeout=max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            job.abandoned = True
+            raise PoseError("deadline_exceeded", "the request's deadline passed before its crops were computed",
+                            retry_after_s=self.retry_after_s) from None
+        except asyncio.CancelledError:
+            job.abandoned = True
+            raise
+
+    def _admit(self, job: _Job) -> None:
+        if self._closed:
+            raise PoseError("shutting_down", "the service is shutting down", retry_after_s=self.retry_after_s)
+        # An idle batcher admits any job, so a request larger than the queue limit is still served.
+        if self._inflight_crops and self._inflight_crops + job.size > self.max_queue_crops:
+            raise PoseError(
+                "overloaded",
+                f"too many crops in flight ({self._inflight_crops} of {self.max_queue_crops}); retry later",
+                retry_after_s=self.retry_after_s,
+            )
+
+    # -- the worker thread -------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return  # closed and drained
+                self._wait_for_fill()
+                slices = self._take_batch()
+                self._publish_depth()
+            if slices:
+                self._run(slices)
+
+    def _wait_for_fill(self) -> None:
+        """Hold the batch open while it is not full, someone announced crops, and max_wait allows."""
+        while self._queued_crops < self.max_batch_size and self._announced > 0 and not self._closed:
+            remaining = self._queue[0].enqueued_at + self.max_wait_s - time.monotonic()
+            if remaining <= 0:
+                return
+            self._cond.wait(remaining)
+
+    def _take_batch(self) -> list[tuple[_Job, int, int]]:
+        slices: list[tuple[_Job, int, int]] = []
+        count, now = 0, time.monotonic()
+        while self._queue and count < self.max_batch_size:
+            job = self._queue[0]
+            # Drop, uncomputed, what nobody waits for any more: a caller who left, or a deadline that
+            # passed before any of the job's crops started.
+            if job.abandoned or (job.next_crop == 0 and now > job.deadline):
+                self._fail(job, PoseError("deadline_exceeded", "the request's deadline passed while it was queued",
+                                          retry_after_s=self.retry_after_s))
+                continue
+            take = min(job.size - job.next_crop, self.max_batch_size - count)
+            slices.append((job, job.next_crop, job.next_crop + take))
+            job.next_crop += take
+            count += take
+            self._queued_crops -= take
+            if job.started_at is None:
+                job.started_at = now
+            if job.next_crop == job.size:
+                self._queue.popleft()
+        return slices
+
+    def _run(self, slices: list[tuple[_Job, int, int]]) -> None:
+        parts = [job.crops[start:stop] for job, start, stop in slices]
+        batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        started = time.perf_counter()
+        try:
+            heatmaps = self._infer(batch)
+        except Exception as exc:  # isolate: retry each job's crops alone
+            if len(slices) > 1:
+                for one in slices:
+                    self._run([one])
+                return
+            job = slices[0][0]
+            log.exception("inference failed for a batch of %d crops", len(batch))
+            message = exc.message if isinstance(exc, PoseError) else f"inference failed: {type(exc).__name__}"
+            with self._cond:
+                self._fail(job, PoseError("inference_failed", message))
+            return
+        elapsed = time.perf_counter() - started
+        if self._metrics is not None:
+            self._metrics.batch_size.observe(len(batch))
+            self._metrics.crops.inc(len(batch))
+        offset = 0
+        with self._cond:
+            for job, start, stop in slices:
+                n = stop - start
+                if job.out is None:
+                    job.out = np.empty((job.size, *heatmaps.shape[1:]), heatmaps.dtype)
+                job.out[start:stop] = heatmaps[offset : offset + n]
+                offset += n
+                job.done_crops += n
+                job.inference_s += elapsed
+                if job.done_crops == job.size:
+                    queue_s = (job.started_at or job.enqueued_at) - job.enqueued_at
+                    self._finish(job, result=BatchResult(job.out, queue_s, job.inference_s))
+
+    def _fail(self, job: _Job, error: PoseError) -> None:
+        if job.next_crop < job.size and job in self._queue:  # drop its remaining crops
+            self._queue.remove(job)
+            self._queued_crops -= job.size - job.next_crop
+            job.next_crop = job.size
+        self._finish(job, error=error)
+
+    def _finish(self, job: _Job, result: BatchResult | None = None, error: PoseError | None = None) -> None:
+        """Resolve a job exactly once (called under the lock)."""
+        if job.finished:
+            return
+        job.finished = True
+        self._inflight_crops -= job.size
+        self._publish_depth()
+        try:
+            job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
+        except RuntimeError:  # the caller's event loop is gone (shutdown); nobody to tell
+            pass
+
+    def _publish_depth(self) -> None:
+        if self._metrics is not None:
+            self._metrics.queue_depth.set(self._queued_crops)
+            self._metrics.inflight_crops.set(self._inflight_crops)
+
+
+def _resolve(future: asyncio.Future, result: BatchResult | None, error: PoseError | None) -> None:
+    if future.done():  # the caller gave up already
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

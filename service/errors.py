@@ -1,0 +1,64 @@
+"""One error type, one table from stable error code to HTTP status, one handler.
+
+Every refusal the service makes is a `PoseError`; the JSON body is
+`{"error": {"code": "...", "message": "..."}, "request_id": "..."}`.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+# code -> HTTP status. Codes are part of the API contract: add, never rename.
+ERROR_STATUS: dict[str, int] = {
+    # the caller's request
+    "invalid_request": 400,
+    "invalid_json": 400,
+    "invalid_boxes": 422,
+    "too_many_boxes": 422,
+    "too_many_items": 422,
+    "unsupported_media_type": 415,
+    "payload_too_large": 413,
+    "unauthorized": 401,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    # the image
+    "empty_image": 400,
+    "corrupt_image": 400,
+    "unsupported_image_format": 415,
+    "animated_image_unsupported": 415,
+    "image_too_large": 413,
+    "image_too_many_pixels": 413,
+    # load and time
+    "overloaded": 429,
+    "not_ready": 503,
+    "shutting_down": 503,
+    "deadline_exceeded": 504,
+    # ours
+    "inference_failed": 500,
+    "internal_error": 500,
+}
+
+RETRY_AFTER_CODES = {"overloaded", "not_ready", "shutting_down", "deadline_exceeded"}
+
+
+class PoseError(Exception):
+    """A refusal with a stable machine-readable code; the HTTP status comes from ERROR_STATUS."""
+
+    def __init__(self, code: str, message: str, retry_after_s: float | None = None) -> None:
+        if code not in ERROR_STATUS:
+            raise ValueError(f"unknown error code {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+    @property
+    def status(self) -> int:
+        return ERROR_STATUS[self.code]
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message}
+
+
+def status_phrase(status: int) -> str:
+    return HTTPStatus(status).phrase

@@ -1,0 +1,195 @@
+"""create_app(settings): the FastAPI app. Its lifespan loads the model and its card, warms every batch shape
+up, starts the micro-batcher and only then reports ready; on shutdown it turns unready and drains."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.backend import Backend, ModelLoadError, OrtBackend, ProviderStatus
+from service.batching import MicroBatcher
+from service.errors import PoseError
+from service.metrics import Metrics
+from service.middleware import RequestContextMiddleware, error_response_parts
+from service.modelcard import ModelCard, card_path_for
+from service.pipeline import Limits, PosePipeline
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXPORT_HINT = "create it with: python -m model_export export --arch w32_256x192 --random-init --output {path}"
+
+
+@dataclass
+class LoadedModel:
+    backend: Backend
+    card: ModelCard
+    card_found: bool
+    provider_status: ProviderStatus
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    metrics: Metrics
+    model: LoadedModel | None = None
+    pipeline: PosePipeline | None = None
+    batcher: MicroBatcher | None = None
+    ready: bool = False
+    draining: bool = False
+    not_ready_reason: str = "starting: the model is not loaded yet"
+    extra: dict = field(default_factory=dict)
+
+
+def load_model(settings: Settings) -> LoadedModel:
+    """Open the ONNX file and its card. Raises ModelLoadError with a one-line message naming the path."""
+    path = settings.model_path
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}; " + EXPORT_HINT.format(path=path))
+    try:
+        backend = OrtBackend(path, settings.provider, settings.intra_op_threads, settings.max_batch_size,
+                             settings.trt_cache_dir, settings.trt_fp16)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{exc}; " + EXPORT_HINT.format(path=path)) from None
+    card, found = read_card(path, backend)
+    return LoadedModel(backend, card, found, backend.status)
+
+
+def read_card(onnx_path: Path, backend: Backend) -> tuple[ModelCard, bool]:
+    """The card beside the ONNX file, with sizes as the model itself reports them; official defaults if absent."""
+    card_path = card_path_for(onnx_path)
+    if not card_path.is_file():
+        log.warning("no model card at %s: serving %s with the official HRNet defaults (RGB, ImageNet mean/std, "
+                    "COCO-17 order)", card_path, onnx_path)
+        return ModelCard.official_defaults(onnx_path.stem, backend.input_hw, backend.heatmap_hw), False
+    try:
+        card = ModelCard.read(card_path)
+    except ValueError as exc:
+        raise ModelLoadError(f"model card {card_path} is not valid: {str(exc).splitlines()[0]}") from None
+    if (card.input.height, card.input.width) != backend.input_hw or (card.output.height, card.output.width) != backend.heatmap_hw:
+        log.warning("model card %s disagrees with the ONNX shapes; using the model's", card_path)
+        card.input.height, card.input.width = backend.input_hw
+        card.output.height, card.output.width = backend.heatmap_hw
+    if len(card.keypoints) != backend.num_keypoints:
+        raise ModelLoadError(f"{card_path} lists {len(card.keypoints)} keypoints, the model outputs "
+                             f"{backend.num_keypoints}")
+    return card, True
+
+
+def create_app(settings: Settings | None = None, model: LoadedModel | None = None) -> FastAPI:
+    """`model` may be preloaded (the CLI does, to fail fast with a clean message) or injected by tests."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    state = ServiceState(settings=settings, metrics=metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loaded = model or await asyncio.to_thread(load_model, settings)
+        await start_serving(state, loaded)
+        try:
+            yield
+        finally:
+            await stop_serving(state)
+
+    app = FastAPI(
+        title="HRNet pose service",
+        version="0.1.0",
+        description="POST an image (and person boxes), get 17 COCO keypoints per person. "
+        "Check `model.trained` in every response: a random-init export returns meaningless keypoints.",
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    install_error_handlers(app, metrics)
+    from service.api import register_routes
+
+    register_routes(app)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+                           allow_headers=["*"], expose_headers=["X-Request-ID", "Server-Timing"])
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, api_keys=read_api_keys(settings),
+                       auth_probes=settings.auth_probes, max_body_bytes=settings.max_body_bytes)
+    return app
+
+
+async def start_serving(state: ServiceState, loaded: LoadedModel) -> None:
+    settings, metrics = state.settings, state.metrics
+    state.model = loaded
+    backend = loaded.backend
+    metrics.set_model(loaded.card.name, loaded.card.arch, loaded.card.trained, backend.provider)
+    if not loaded.card.trained:
+        log.warning("serving an UNTRAINED model (%s): keypoints are meaningless", loaded.card.name)
+    await asyncio.to_thread(backend.warmup)
+    state.batcher = MicroBatcher(backend.infer, min(settings.max_batch_size, backend.max_batch_size),
+                                 settings.max_wait_ms / 1000, settings.max_queue_crops, metrics)
+    state.batcher.start()
+    limits = Limits(settings.max_image_bytes, settings.max_image_pixels, settings.max_boxes)
+    state.pipeline = PosePipeline(loaded.card, state.batcher, limits, settings.request_timeout_s)
+    status = loaded.provider_status
+    if status.ok or settings.allow_cpu_fallback:
+        state.ready = True
+        state.not_ready_reason = ""
+    else:
+        state.not_ready_reason = f"execution provider: {status.reason}; set POSE_ALLOW_CPU_FALLBACK=true to serve anyway"
+    metrics.ready.set(1 if state.ready else 0)
+    log.info("model %s ready=%s provider=%s", loaded.card.name, state.ready, backend.provider)
+
+
+async def stop_serving(state: ServiceState) -> None:
+    begin_drain(state)
+    if state.batcher is not None:
+        await asyncio.to_thread(state.batcher.close)
+
+
+def begin_drain(state: ServiceState) -> None:
+    """Turn unready (load balancers stop sending) while admitted work finishes."""
+    state.ready = False
+    state.draining = True
+    state.not_ready_reason = "shutting down"
+    state.metrics.ready.set(0)
+
+
+def read_api_keys(settings: Settings) -> list[str]:
+    keys = [k.strip() for k in settings.api_keys.split(",") if k.strip()]
+    if settings.api_keys_file is not None:
+        keys += [line.strip() for line in settings.api_keys_file.read_text().splitlines() if line.strip()]
+    return keys
+
+
+def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    def respond(request: Request, error: PoseError) -> Response:
+        metrics.errors.labels(code=error.code).inc()
+        request_id = getattr(request.state, "request_id", "-")
+        status, headers, body = error_response_parts(error, request_id)
+        return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
+
+    @app.exception_handler(PoseError)
+    async def pose_error(request: Request, exc: PoseError) -> Response:
+        if exc.status >= 500:
+            log.error("request failed: %s: %s", exc.code, exc.message)
+        return respond(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return respond(request, PoseError("invalid_request", f"{where}: {first.get('msg', 'invalid request')}"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "invalid_request")
+        return respond(request, PoseError(code, str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return respond(request, PoseError("internal_error", "internal error; see the service log with this request_id"))

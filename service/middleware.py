@@ -1,0 +1,131 @@
+"""One pure-ASGI middleware for what every request shares: request ID, API-key check, body-size limit,
+request metrics and the access log. Pure ASGI (not BaseHTTPMiddleware) keeps it off the hot path's bill."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+import uuid
+
+from service.errors import ERROR_STATUS, RETRY_AFTER_CODES, PoseError
+from service.logs import request_id_var
+from service.metrics import Metrics
+
+log = logging.getLogger("service.access")
+
+PROBE_PATHS = ("/livez", "/readyz", "/metrics")
+OPEN_PATHS = ("/", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc")
+
+
+def error_response_parts(error: PoseError, request_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and body of the JSON error answer (shared with the FastAPI exception handlers)."""
+    body = json.dumps({"error": error.to_dict(), "request_id": request_id}).encode()
+    headers = [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode())]
+    if error.code in RETRY_AFTER_CODES:
+        headers.append((b"retry-after", str(max(1, round(error.retry_after_s or 1))).encode()))
+    return ERROR_STATUS[error.code], headers, body
+
+
+class RequestContextMiddleware:
+    def __init__(self, app, metrics: Metrics, api_keys: list[str], auth_probes: bool, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.api_keys = [k.encode() for k in api_keys]
+        self.auth_probes = auth_probes
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        request_id = _safe_request_id(headers.get(b"x-request-id")) or uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status_holder = {"status": 500}
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                message.setdefault("headers", [])
+                if not any(k == b"x-request-id" for k, _ in message["headers"]):
+                    message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            refusal = self._refusal(scope, headers)
+            if refusal is not None:
+                await self._send_error(send_with_id, refusal, request_id)
+            else:
+                await self.app(scope, self._limited(receive, send_with_id, request_id), send_with_id)
+        finally:
+            self._record(scope, status_holder["status"], time.perf_counter() - started)
+            request_id_var.reset(token)
+
+    def _refusal(self, scope, headers: dict) -> PoseError | None:
+        path = scope["path"]
+        if self.api_keys and not (path in OPEN_PATHS or (path in PROBE_PATHS and not self.auth_probes)):
+            if not self._key_ok(headers):
+                return PoseError("unauthorized", "a valid API key is required (header X-API-Key or "
+                                 "Authorization: Bearer)")
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                return PoseError("invalid_request", "Content-Length is not a number")
+            if int(length) > self.max_body_bytes:
+                return PoseError("payload_too_large", f"request body over the {self.max_body_bytes}-byte limit")
+        return None
+
+    def _key_ok(self, headers: dict) -> bool:
+        offered = headers.get(b"x-api-key")
+        auth = headers.get(b"authorization", b"")
+        if offered is None and auth[:7].lower() == b"bearer ":
+            offered = auth[7:].strip()
+        if not offered:
+            return False
+        # compare against every key without an early exit, so timing says nothing about which matched
+        matched = False
+        for key in self.api_keys:
+            matched |= hmac.compare_digest(offered, key)
+        return matched
+
+    def _limited(self, receive, send, request_id: str):
+        """Counts body bytes as they arrive: a chunked body without Content-Length is capped too."""
+        seen = 0
+        limit = self.max_body_bytes
+
+        async def receive_limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise PoseError("payload_too_large", f"request body over the {limit}-byte limit")
+            return message
+
+        return receive_limited
+
+    async def _send_error(self, send, error: PoseError, request_id: str) -> None:
+        status, headers, body = error_response_parts(error, request_id)
+        self.metrics.errors.labels(code=error.code).inc()
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _record(self, scope, status: int, elapsed: float) -> None:
+        route = scope.get("route")
+        endpoint = getattr(route, "path", None) or "unmatched"  # templates only: bounded label values
+        self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+        self.metrics.request_latency.labels(endpoint=endpoint).observe(elapsed)
+        if scope["path"] not in PROBE_PATHS:
+            log.info("request", extra={"method": scope["method"], "path": scope["path"], "status": status,
+                                       "duration_ms": round(elapsed * 1000, 2)})
+
+
+def _safe_request_id(value: bytes | None) -> str | None:
+    """Accept a caller's X-Request-ID only if it is short and printable (it goes into logs and headers)."""
+    if not value or len(value) > 128:
+        return None
+    text = value.decode("ascii", "ignore")
+    return text if text.isprintable() and all(c.isalnum() or c in "-_.:" for c in text) else None

@@ -1,0 +1,107 @@
+"""The API contract: request and response models. OpenAPI (/docs, /openapi.json) is generated from these."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+BoxFormat = Literal["xywh", "xyxy"]
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable machine-readable error code, e.g. 'corrupt_image'.")
+    message: str = Field(description="What went wrong, for humans.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+    request_id: str | None = None
+
+
+class ImageInfo(BaseModel):
+    width: int
+    height: int
+
+
+class ModelInfo(BaseModel):
+    name: str
+    arch: str
+    trained: bool = Field(description="False for a random-init export: its keypoints are meaningless.")
+    provider: str = Field(description="The ONNX Runtime execution provider really in use.")
+    warning: str | None = None
+
+
+class Keypoint(BaseModel):
+    name: str
+    x: float = Field(description="Image pixels.")
+    y: float = Field(description="Image pixels.")
+    score: float = Field(description="Heatmap maximum.")
+
+
+class Person(BaseModel):
+    box: list[float] = Field(description="[x, y, w, h] in image pixels.", min_length=4, max_length=4)
+    box_score: float
+    score: float = Field(description="Official rescoring: box score x mean of the keypoint scores above 0.2.")
+    keypoints: list[Keypoint]
+    coco_keypoints: list[float] = Field(description="COCO results layout: [x1, y1, s1, x2, y2, s2, ...].")
+
+
+class PoseResponse(BaseModel):
+    image: ImageInfo
+    model: ModelInfo
+    flip: bool
+    persons: list[Person]
+    timings_ms: dict[str, float] = Field(description="Per-stage latency: decode, preprocess, queue, inference, "
+                                         "postprocess.")
+
+
+class BatchItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image_base64: str = Field(description="The image file (JPEG, PNG, WebP, BMP), base64-encoded.")
+    boxes: list[list[float]] | None = Field(
+        None, description="Person boxes [x, y, w, h(, score)]; omitted or null: the whole image is one person."
+    )
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: list[BatchItem] = Field(min_length=1)
+    box_format: BoxFormat = "xywh"
+    flip: bool | None = Field(None, description="Flip test; default from the service settings.")
+
+
+class BatchItemResult(BaseModel):
+    index: int
+    ok: bool
+    result: PoseResponse | None = None
+    error: ErrorBody | None = None
+
+
+class BatchResponse(BaseModel):
+    model: ModelInfo
+    results: list[BatchItemResult]
+
+
+class ModelCardResponse(BaseModel):
+    """The model card of the served ONNX file plus what the runtime made of it."""
+
+    name: str
+    arch: str
+    trained: bool
+    warning: str | None
+    provider: str
+    provider_ok: bool
+    input: dict
+    output: dict
+    keypoints: list[str]
+    flip_pairs: list[list[int]]
+    skeleton: list[list[int]]
+    batch_sizes: list[int]
+    card_found: bool
+    card: dict
+
+
+class HealthResponse(BaseModel):
+    status: str
+    detail: str | None = None

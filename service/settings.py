@@ -1,0 +1,51 @@
+"""Every knob and limit of the service, in one place. Each field is also an environment variable
+`POSE_<FIELD>` (e.g. POSE_MODEL_PATH, POSE_MAX_BATCH_SIZE); the README's settings table lists them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="POSE_", protected_namespaces=())
+
+    # model and runtime
+    model_path: Path = Field(Path("models/hrnet_w32_256x192.onnx"), description="ONNX file to serve.")
+    provider: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
+        "auto", description="Execution provider: auto picks TensorRT/CUDA when present, else CPU."
+    )
+    allow_cpu_fallback: bool = Field(
+        False, description="Report ready even when the requested GPU provider did not load."
+    )
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: all cores).")
+    trt_cache_dir: Path | None = Field(None, description="TensorRT engine cache directory.")
+    trt_fp16: bool = Field(False, description="Let TensorRT build FP16 engines.")
+
+    # pipeline
+    flip_test: bool = Field(False, description="Default for the flip query parameter (2x compute, ~+1 AP).")
+    max_batch_size: int = Field(8, ge=1, description="Most crops in one inference batch.")
+    max_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits for more crops.")
+    max_queue_crops: int = Field(64, ge=1, description="Admitted crops (queued + running) before 429.")
+    request_timeout_s: float = Field(30.0, gt=0, description="Deadline for one request's crops.")
+
+    # limits
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest accepted image file.")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Largest accepted width x height.")
+    max_boxes: int = Field(100, ge=1, description="Most person boxes per image.")
+    max_batch_items: int = Field(32, ge=1, description="Most images in one /v1/pose/batch call.")
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest accepted request body.")
+
+    # access and hygiene
+    api_keys: str = Field("", description="Comma-separated API keys; empty disables auth.")
+    api_keys_file: Path | None = Field(None, description="File with one API key per line.")
+    auth_probes: bool = Field(False, description="Also require the key on /livez, /readyz, /metrics.")
+    cors_origins: str = Field("", description="Comma-separated allowed CORS origins; empty: CORS off.")
+    log_level: str = Field("info", description="Log level.")
+
+    # server
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(8000, description="Bind port.")

@@ -1,0 +1,250 @@
+"""The micro-batcher with a fake backend: pooling, max wait, splitting, overload, deadlines, cancellation,
+one bad item, draining on close."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.batching import MicroBatcher
+from service.errors import PoseError
+
+
+class FakeBackend:
+    """Heatmaps = 2 x the crop's first value; records every batch; can block, be slow, or choke on NaN."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.batches: list[np.ndarray] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.gate.wait(5)
+        if np.isnan(batch).any():
+            raise ValueError("NaN crop")
+        time.sleep(self.delay_s)
+        self.batches.append(batch[:, 0, 0, 0].copy())
+        return (batch[:, :1, :2, :2] * 2).astype(np.float32)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(b) for b in self.batches]
+
+    @property
+    def computed(self) -> set[float]:
+        return {float(v) for b in self.batches for v in b}
+
+
+def crops(*values: float) -> np.ndarray:
+    return np.broadcast_to(np.asarray(values, np.float32)[:, None, None, None], (len(values), 3, 4, 4)).copy()
+
+
+def far_deadline() -> float:
+    return time.monotonic() + 10
+
+
+@pytest.fixture
+def make_batcher():
+    created = []
+
+    def make(backend, **kwargs):
+        batcher = MicroBatcher(backend.infer, **kwargs)
+        batcher.start()
+        created.append(batcher)
+        return batcher
+
+    yield make
+    for batcher in created:
+        batcher.close(timeout_s=5)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_are_pooled_and_each_gets_its_own_results(make_batcher):
+    backend = FakeBackend(delay_s=0.02)
+    batcher = make_batcher(backend, max_batch_size=8, max_wait_s=0.01)
+
+    async def main():
+        return await asyncio.gather(*(batcher.submit(crops(float(i)), far_deadline()) for i in range(16)))
+
+    results = run(main())
+    for i, result in enumerate(results):
+        assert result.heatmaps.shape == (1, 1, 2, 2)
+        assert np.all(result.heatmaps == 2 * i)
+    assert max(backend.sizes) > 1, backend.sizes  # pooled across requests
+    assert sum(backend.sizes) == 16 and max(backend.sizes) <= 8
+
+
+def test_a_lone_request_is_dispatched_without_waiting(make_batcher):
+    backend = FakeBackend()
+    batcher = make_batcher(backend, max_batch_size=8, max_wait_s=1.0)
+
+    async def main():
+        started = time.perf_counter()
+        await batcher.submit(crops(1.0), far_deadline())
+        return time.perf_counter() - started
+
+    assert run(main()) < 0.5  # nobody announced more crops, so max_wait (1 s) is not spent
+
+
+def test_batch_waits_at_most_max_wait_for_announced_crops(make_batcher):
+    backend = FakeBackend()
+    batcher = make_batcher(backend, max_batch_size=8, max_wait_s=0.15)
+
+    async def main():
+        announced = batcher.announce()  # a request "preparing" that never submits
+        started = time.perf_counter()
+        await batcher.submit(crops(1.0), far_deadline())
+        elapsed = time.perf_counter() - started
+        announced.release()
+        return elapsed
+
+    elapsed = run(main())
+    assert 0.1 <= elapsed < 1.0
+
+
+def test_announced_crops_join_the_waiting_batch(make_batcher):
+    backend = FakeBackend()
+    batcher = make_batcher(backend, max_batch_size=8, max_wait_s=0.5)
+
+    async def main():
+        second = batcher.announce()
+        first = asyncio.create_task(batcher.submit(crops(1.0), far_deadline()))
+        await asyncio.sleep(0.05)
+        await batcher.submit(crops(2.0), far_deadline(), second)
+        await first
+
+    run(main())
+    assert backend.sizes == [2]
+
+
+def test_a_large_request_is_split_across_batches_in_order(make_batcher):
+    backend = FakeBackend()
+    batcher = make_batcher(backend, max_batch_size=8, max_wait_s=0.0)
+    values = [float(v) for v in range(20)]
+    result = run(batcher.submit(crops(*values), far_deadline()))
+    assert backend.sizes == [8, 8, 4]
+    assert np.array_equal(result.heatmaps[:, 0, 0, 0], 2 * np.asarray(values, np.float32))
+
+
+def test_overload_is_refused_with_retry_after(make_batcher):
+    backend = FakeBackend()
+    backend.gate.clear()  # inference blocked: crops pile up
+    batcher = make_batcher(backend, max_batch_size=2, max_wait_s=0.0, max_queue_crops=4)
+
+    async def main():
+        accepted = [asyncio.create_task(batcher.submit(crops(1.0, 2.0), far_deadline())) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        assert batcher.inflight_crops == 4
+        with pytest.raises(PoseError) as refused:
+            await batcher.submit(crops(3.0), far_deadline())
+        backend.gate.set()
+        await asyncio.gather(*accepted)  # nothing accepted is lost
+        return refused.value
+
+    error = run(main())
+    assert error.code == "overloaded" and error.status == 429 and error.retry_after_s >= 1
+    assert batcher.inflight_crops == 0
+
+
+def test_an_idle_batcher_admits_a_request_larger_than_the_queue(make_batcher):
+    batcher = make_batcher(FakeBackend(), max_batch_size=2, max_queue_crops=2)
+    result = run(batcher.submit(crops(1, 2, 3, 4, 5), far_deadline()))
+    assert len(result.heatmaps) == 5
+
+
+def test_expired_work_is_dropped_before_compute(make_batcher):
+    backend = FakeBackend()
+    backend.gate.clear()
+    batcher = make_batcher(backend, max_batch_size=1, max_wait_s=0.0)
+
+    async def main():
+        blocker = asyncio.create_task(batcher.submit(crops(1.0), far_deadline()))
+        await asyncio.sleep(0.05)  # the worker is now stuck in crop 1.0
+        late = asyncio.create_task(batcher.submit(crops(7.0), time.monotonic() + 0.1))
+        await asyncio.sleep(0.2)
+        backend.gate.set()
+        await blocker
+        with pytest.raises(PoseError) as error:
+            await late
+        return error.value
+
+    error = run(main())
+    assert error.code == "deadline_exceeded" and error.status == 504
+    time.sleep(0.05)
+    assert 7.0 not in backend.computed
+
+
+def test_cancelled_requests_are_not_computed(make_batcher):
+    backend = FakeBackend()
+    backend.gate.clear()
+    batcher = make_batcher(backend, max_batch_size=1, max_wait_s=0.0)
+
+    async def main():
+        blocker = asyncio.create_task(batcher.submit(crops(1.0), far_deadline()))
+        await asyncio.sleep(0.05)
+        gone = asyncio.create_task(batcher.submit(crops(9.0), far_deadline()))
+        await asyncio.sleep(0.05)
+        gone.cancel()  # the client disconnected
+        await asyncio.sleep(0.01)
+        backend.gate.set()
+        await blocker
+        await asyncio.sleep(0.1)
+
+    run(main())
+    assert 9.0 not in backend.computed
+    assert batcher.inflight_crops == 0
+
+
+def test_one_bad_item_fails_only_its_own_request(make_batcher):
+    backend = FakeBackend()
+    backend.gate.clear()
+    batcher = make_batcher(backend, max_batch_size=8, max_wait_s=0.0)
+
+    async def main():
+        first = asyncio.create_task(batcher.submit(crops(0.0), far_deadline()))
+        await asyncio.sleep(0.05)
+        # these three queue up behind the blocked batch and will share the next one
+        good1 = asyncio.create_task(batcher.submit(crops(1.0), far_deadline()))
+        bad = asyncio.create_task(batcher.submit(crops(float("nan")), far_deadline()))
+        good2 = asyncio.create_task(batcher.submit(crops(2.0, 3.0), far_deadline()))
+        await asyncio.sleep(0.05)
+        backend.gate.set()
+        return await asyncio.gather(first, good1, bad, good2, return_exceptions=True)
+
+    first, good1, bad, good2 = run(main())
+    assert isinstance(bad, PoseError) and bad.code == "inference_failed"
+    assert np.all(good1.heatmaps == 2.0)
+    assert np.array_equal(good2.heatmaps[:, 0, 0, 0], [4.0, 6.0])
+
+
+def test_close_finishes_admitted_work_then_refuses(make_batcher):
+    backend = FakeBackend(delay_s=0.01)
+    batcher = make_batcher(backend, max_batch_size=2, max_wait_s=0.0)
+
+    async def main():
+        tasks = [asyncio.create_task(batcher.submit(crops(float(i)), far_deadline())) for i in range(6)]
+        await asyncio.sleep(0)
+        await asyncio.sleep(0.001)
+        await asyncio.to_thread(batcher.close, 5)
+        results = await asyncio.gather(*tasks)
+        with pytest.raises(PoseError) as refused:
+            await batcher.submit(crops(1.0), far_deadline())
+        return results, refused.value
+
+    results, refused = run(main())
+    assert len(results) == 6 and refused.code == "shutting_down"
+
+
+def test_timings_report_queue_and_inference(make_batcher):
+    backend = FakeBackend(delay_s=0.03)
+    batcher = make_batcher(backend, max_batch_size=8, max_wait_s=0.0)
+    result = run(batcher.submit(crops(1.0), far_deadline()))
+    assert result.inference_s >= 0.03 and result.queue_s >= 0
