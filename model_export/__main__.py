@@ -1,0 +1,35 @@
+"""`python -m model_export <command>` (console script `pose-export`): a small dispatcher.
+
+Each command module contributes `add_<name>_parser(subparsers)`, which sets `run` (args -> exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from model_export.export import add_export_parser
+
+COMMANDS = (add_export_parser,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m model_export",
+        description="HRNet pose model tools. Run '%(prog)s COMMAND --help' for the details of a command.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_parser in COMMANDS:
+        add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
