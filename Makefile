@@ -3,8 +3,17 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= serve,export,dev
-MODEL ?= models/hrnet_w32_256x192.onnx
 ARCH ?= w32_256x192
+# With CHECKPOINT=path/to/pose_hrnet_w32_256x192.pth the served model is exported from those weights;
+# without it, from a random init (an UNTRAINED model).
+CHECKPOINT ?=
+ifeq ($(CHECKPOINT),)
+MODEL ?= models/hrnet_$(ARCH).onnx
+WEIGHTS := --random-init
+else
+MODEL ?= models/$(basename $(notdir $(CHECKPOINT))).onnx
+WEIGHTS := --checkpoint $(CHECKPOINT)
+endif
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -18,9 +27,8 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Without a checkpoint this exports an UNTRAINED (random-init) model; see README "Real weights".
 $(MODEL): | $(VENV)/.installed
-	$(PY) -m model_export export --arch $(ARCH) --random-init --output $(MODEL)
+	$(PY) -m model_export export --arch $(ARCH) $(WEIGHTS) --output $(MODEL)
 
 model: $(MODEL)
 

@@ -16,7 +16,7 @@ class Settings(BaseSettings):
     # model and runtime
     model_path: Path = Field(Path("models/hrnet_w32_256x192.onnx"), description="ONNX file to serve.")
     provider: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
-        "auto", description="Execution provider: auto picks TensorRT/CUDA when present, else CPU."
+        "auto", description="Execution provider: auto picks CUDA when onnxruntime-gpu has it, else CPU; tensorrt must be asked for."
     )
     allow_cpu_fallback: bool = Field(
         False, description="Report ready even when the requested GPU provider did not load."
@@ -49,3 +49,10 @@ class Settings(BaseSettings):
     # server
     host: str = Field("127.0.0.1", description="Bind address.")
     port: int = Field(8000, description="Bind port.")
+    shutdown_delay_s: float = Field(
+        5.0, ge=0, description="On SIGTERM: report unready (503 on /readyz) and keep serving this long, so load "
+        "balancers stop sending, before the server stops accepting and drains in-flight requests."
+    )
+    shutdown_timeout_s: float = Field(
+        30.0, gt=0, description="On SIGTERM, after the delay: how long in-flight requests may take to finish."
+    )

@@ -1,0 +1,149 @@
+"""`python -m service.bench --model models/hrnet_w32_256x192.onnx`: one run, every number and ratio.
+
+(a) ceiling: raw ONNX Runtime on ready-made crops at its best batch size (in this process, server stopped)
+(b) the service over HTTP on 127.0.0.1: 1 client single-person; N clients single-person; N clients multi-person
+(c) PyTorch eager, one request and one crop at a time (the official style)
+(d) ONNX Runtime, one request and one crop at a time, no batching
+Writes bench.json and bench.md to --out and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import onnxruntime
+
+from service.backend import OrtBackend
+from service.bench import baselines
+from service.bench.http_load import http_load, peak_rss_bytes, running_service, stage_means_ms
+from service.bench.stats import Phase
+from service.bench.workload import DEFAULT_PEOPLE_DIR, load_photos
+from service.main import read_card
+
+TARGETS = {  # issue 4, 2-core CPU, W32 256x192
+    "service_over_ceiling": 0.95,
+    "service_over_torch_eager": 1.7,
+    "single_client_p50_over_model_ms": 5.0,
+    "peak_rss_gb": 1.5,
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m service.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=Path("models/hrnet_w32_256x192.onnx"))
+    parser.add_argument("--people", type=Path, default=DEFAULT_PEOPLE_DIR, help="photos + boxes.json")
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=15.0, help="length of each service phase")
+    parser.add_argument("--baseline-seconds", type=float, default=8.0, help="length of each baseline phase")
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument("--skip-torch", action="store_true", help="skip the PyTorch eager baseline")
+    return parser.parse_args(argv)
+
+
+def measure(args) -> dict:
+    single, multi = load_photos(args.people)
+    backend = OrtBackend(args.model, "cpu", max_batch=args.max_batch_size)
+    card, _ = read_card(args.model, backend)
+    phases: dict[str, Phase] = {}
+    best, sweep, batch1 = baselines.ceiling(backend, budget_s=2 * args.baseline_seconds)
+    phases["ceiling"] = best
+    phases["model_batch1"] = batch1
+    ort_one = baselines.ort_per_crop_infer(args.model)
+    phases["ort_per_crop_single"] = baselines.per_crop_pipeline("(d) ORT per crop, single-person", single, card,
+                                                                ort_one, args.baseline_seconds)
+    phases["ort_per_crop_multi"] = baselines.per_crop_pipeline("(d) ORT per crop, multi-person", multi, card,
+                                                               ort_one, args.baseline_seconds)
+    del ort_one, backend
+    torch_one = None if args.skip_torch else baselines.torch_eager_infer(card)
+    if torch_one is not None:
+        phases["torch_per_crop_single"] = baselines.per_crop_pipeline("(c) PyTorch eager per crop, single-person",
+                                                                      single, card, torch_one, args.baseline_seconds)
+        phases["torch_per_crop_multi"] = baselines.per_crop_pipeline("(c) PyTorch eager per crop, multi-person",
+                                                                     multi, card, torch_one, args.baseline_seconds)
+    del torch_one
+    env = {"POSE_MAX_BATCH_SIZE": str(args.max_batch_size), "POSE_MAX_QUEUE_CROPS": "256"}
+    with running_service(args.model, env) as (url, pid):
+        phases["service_1c_single"] = http_load(url, "(b) service, 1 client, single-person", single, 1, args.seconds)
+        n = args.clients
+        phases["service_single"] = http_load(url, f"(b) service, {n} clients, single-person", single, n, args.seconds)
+        phases["service_multi"] = http_load(url, f"(b) service, {n} clients, multi-person", multi, n, args.seconds)
+        stages = stage_means_ms(url)
+        rss = peak_rss_bytes(pid)
+    return {"phases": phases, "sweep": sweep, "stages_ms": stages, "peak_rss_bytes": rss, "card": card}
+
+
+def ratios(result: dict) -> dict[str, float]:
+    p = result["phases"]
+    out = {
+        "service_single_over_ceiling": p["service_single"].crops_per_s / p["ceiling"].crops_per_s,
+        "service_multi_over_ceiling": p["service_multi"].crops_per_s / p["ceiling"].crops_per_s,
+        "service_single_over_ort_per_crop": p["service_single"].crops_per_s / p["ort_per_crop_single"].crops_per_s,
+        "service_multi_over_ort_per_crop": p["service_multi"].crops_per_s / p["ort_per_crop_multi"].crops_per_s,
+        "single_client_p50_minus_model_ms": p["service_1c_single"].percentile_ms(50) - p["model_batch1"].percentile_ms(50),
+    }
+    if "torch_per_crop_single" in p:
+        out["service_single_over_torch_eager"] = p["service_single"].crops_per_s / p["torch_per_crop_single"].crops_per_s
+        out["service_multi_over_torch_eager"] = p["service_multi"].crops_per_s / p["torch_per_crop_multi"].crops_per_s
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def verdicts(r: dict[str, float], rss_gb: float) -> dict[str, bool]:
+    v = {
+        "service >= 0.95 x ceiling (4 clients, multi-person)": r["service_multi_over_ceiling"] >= TARGETS["service_over_ceiling"],
+        "service >= 0.95 x ceiling (4 clients, single-person)": r["service_single_over_ceiling"] >= TARGETS["service_over_ceiling"],
+        "single-client p50 <= model latency + 5 ms": r["single_client_p50_minus_model_ms"] <= TARGETS["single_client_p50_over_model_ms"],
+        "peak RSS <= 1.5 GB": rss_gb <= TARGETS["peak_rss_gb"],
+    }
+    if "service_single_over_torch_eager" in r:
+        v["service >= 1.7 x PyTorch eager"] = min(r["service_single_over_torch_eager"],
+                                                 r["service_multi_over_torch_eager"]) >= TARGETS["service_over_torch_eager"]
+    return v
+
+
+def markdown(result: dict, r: dict[str, float], v: dict[str, bool], env: dict) -> str:
+    lines = [f"Model `{result['card'].name}` ({result['card'].arch}, trained={result['card'].trained}) on "
+             f"{env['machine']}, onnxruntime {env['onnxruntime']}, {env['date']}.", "",
+             "| phase | crops/s | requests/s | p50 ms | p95 ms | p99 ms |", "|---|---:|---:|---:|---:|---:|"]
+    for phase in result["phases"].values():
+        s = phase.summary()
+        lines.append(f"| {s['name']} | {s['crops_per_s']} | {s['requests_per_s']} | {s['p50_ms']} | {s['p95_ms']} | "
+                     f"{s['p99_ms']} |")
+    lines += ["", f"Ceiling sweep (crops/s by batch size): {result['sweep']}",
+              f"Service stage means (ms per request): {result['stages_ms']}",
+              f"Service peak RSS: {result['peak_rss_bytes'] / 2**30:.2f} GB", "",
+              "| ratio | value |", "|---|---:|"]
+    lines += [f"| {k} | {val} |" for k, val in r.items()]
+    lines += ["", "| target | met |", "|---|---|"] + [f"| {k} | {'yes' if ok else 'NO'} |" for k, ok in v.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not args.model.is_file():
+        raise SystemExit(f"model not found: {args.model}; run `make model` first")
+    result = measure(args)
+    r = ratios(result)
+    v = verdicts(r, result["peak_rss_bytes"] / 2**30)
+    env = {"machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
+           "onnxruntime": onnxruntime.__version__, "date": time.strftime("%Y-%m-%d")}
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = markdown(result, r, v, env)
+    (args.out / "bench.md").write_text(table)
+    (args.out / "bench.json").write_text(json.dumps({
+        "env": env, "model": result["card"].name, "trained": result["card"].trained,
+        "phases": {k: p.summary() for k, p in result["phases"].items()}, "ceiling_sweep": result["sweep"],
+        "stages_ms": result["stages_ms"], "peak_rss_bytes": result["peak_rss_bytes"], "ratios": r, "targets": v,
+    }, indent=2))
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""What the service is measured against: (a) the raw ONNX Runtime ceiling on ready-made crops, and the
+per-crop pipelines without batching: (c) PyTorch eager, the official style, and (d) ONNX Runtime."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from itertools import cycle
+from pathlib import Path
+
+import numpy as np
+
+from service import geometry, heatmaps
+from service.backend import OrtBackend
+from service.bench.stats import Phase
+from service.bench.workload import Photo
+from service.imaging import decode_image
+from service.modelcard import ModelCard
+
+
+def ceiling(backend: OrtBackend, budget_s: float, batch_sizes=(1, 2, 4, 8)) -> tuple[Phase, dict[int, float], Phase]:
+    """Model-only throughput at each batch size: (the best batch size, the sweep, batch size 1)."""
+    sweep: dict[int, float] = {}
+    phases: dict[int, Phase] = {}
+    height, width = backend.input_hw
+    for size in [s for s in batch_sizes if s <= backend.max_batch_size]:
+        batch = np.random.default_rng(0).standard_normal((size, 3, height, width), dtype=np.float32)
+        backend.infer(batch)
+        latencies, started = [], time.perf_counter()
+        while time.perf_counter() - started < budget_s / len(batch_sizes):
+            t = time.perf_counter()
+            backend.infer(batch)
+            latencies.append(time.perf_counter() - t)
+        elapsed = time.perf_counter() - started
+        phases[size] = Phase(f"ceiling: raw ORT, batch {size}", len(latencies), size * len(latencies), elapsed,
+                             latencies)
+        sweep[size] = round(phases[size].crops_per_s, 2)
+    best = max(phases.values(), key=lambda p: p.crops_per_s)
+    return best, sweep, phases[min(phases)]
+
+
+def per_crop_pipeline(name: str, photos: list[Photo], card: ModelCard, infer_one: Callable[[np.ndarray], np.ndarray],
+                      budget_s: float) -> Phase:
+    """One request at a time, one crop at a time: decode, crop, normalise, infer, decode heatmaps."""
+    input_wh = (card.input.width, card.input.height)
+    latencies, crops, started = [], 0, time.perf_counter()
+    for photo in cycle(photos):
+        if time.perf_counter() - started >= budget_s:
+            break
+        t = time.perf_counter()
+        image = decode_image(photo.data, 50_000_000, 100_000_000)
+        boxes, _ = geometry.validate_boxes(photo.boxes, (image.shape[1], image.shape[0]), 1000)
+        centers, scales = geometry.boxes_to_centers_scales(boxes, aspect_ratio=input_wh[0] / input_wh[1])
+        for center, scale in zip(centers, scales):
+            crop = geometry.crop_person(image, center, scale, input_wh)
+            x = geometry.normalize_crops(crop[None], card.input.mean, card.input.std, card.input.value_scale)
+            heatmaps.decode_heatmaps(infer_one(x), center[None], scale[None])
+        crops += len(boxes)
+        latencies.append(time.perf_counter() - t)
+    return Phase(name, len(latencies), crops, time.perf_counter() - started, latencies)
+
+
+def torch_eager_infer(card: ModelCard) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The same architecture in PyTorch eager mode (weights do not change its speed); None without torch."""
+    try:
+        import torch
+
+        from model_export.configs import get_config
+        from model_export.hrnet import build_hrnet
+    except ImportError:
+        return None
+    try:
+        model = build_hrnet(get_config(card.arch), seed=card.weights.seed or 0).eval()
+    except (KeyError, ValueError):
+        return None
+
+    def infer(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()
+
+    return infer
+
+
+def ort_per_crop_infer(model_path: Path, intra_op_threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    backend = OrtBackend(model_path, "cpu", intra_op_threads, max_batch=1)
+    return backend.infer
