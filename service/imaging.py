@@ -1,0 +1,158 @@
+"""Image bytes -> RGB uint8 array with size and pixel limits (and back, for the render endpoint).
+
+Untrusted input: the format is recognised from its magic bytes, only JPEG, PNG, WebP and BMP are parsed,
+the header's width x height is checked against the pixel limit before any pixel is decoded, and every
+decoder failure becomes a PoseError with a stable code. Embedded ICC colour profiles are ignored, as the
+official pipeline's cv2.imread ignores them: the model was trained on the raw pixel values.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import BmpImagePlugin, Image, ImageOps, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
+
+from service.errors import PoseError
+
+# The image classes are used directly instead of Image.open: no other plugin ever sees the bytes, a
+# multi-picture JPEG (MPO, common from phone cameras) decodes as its primary image instead of turning into
+# a multi-frame image, and Pillow's global decompression-bomb check (Image.MAX_IMAGE_PIXELS, a warning or
+# an exception depending on the size) is replaced by our own configurable `max_pixels` check. Pillow's
+# DecompressionBombError is still mapped to 'image_too_many_pixels' should any code path raise it.
+# ImageFile.LOAD_TRUNCATED_IMAGES is left False, so a truncated file is refused instead of padded grey.
+_DECODERS: dict[str, type] = {
+    "JPEG": JpegImagePlugin.JpegImageFile,
+    "PNG": PngImagePlugin.PngImageFile,
+    "WEBP": WebPImagePlugin.WebPImageFile,
+    "BMP": BmpImagePlugin.BmpImageFile,
+}
+
+# Recognised but refused formats, so the caller hears "unsupported" rather than "corrupt".
+_OTHER_FORMATS: tuple[tuple[bytes, int, str], ...] = (
+    (b"GIF87a", 0, "GIF"),
+    (b"GIF89a", 0, "GIF"),
+    (b"II*\x00", 0, "TIFF"),
+    (b"MM\x00*", 0, "TIFF"),
+    (b"ftyp", 4, "HEIF/AVIF"),
+    (b"\x00\x00\x01\x00", 0, "ICO"),
+    (b"8BPS", 0, "PSD"),
+    (b"\x00\x00\x00\x0cjP  ", 0, "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", 0, "JPEG 2000"),
+    (b"\xff\x0a", 0, "JPEG XL"),
+    (b"\x00\x00\x00\x0cJXL ", 0, "JPEG XL"),
+    (b"qoif", 0, "QOI"),
+    (b"%PDF", 0, "PDF"),
+)
+
+_SUPPORTED = "JPEG, PNG, WebP or BMP"
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+def sniff_format(data: bytes) -> str | None:
+    """'JPEG' | 'PNG' | 'WEBP' | 'BMP' from the magic bytes, or None."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[:2] == b"BM":
+        return "BMP"
+    return None
+
+
+def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """Encoded image -> RGB uint8 (H, W, 3), C-contiguous, EXIF orientation applied.
+
+    The array is a read-only view of the decoded pixels (no extra copy); copy it before drawing on it.
+    Raises PoseError: empty_image, image_too_large, unsupported_image_format, corrupt_image,
+    image_too_many_pixels, animated_image_unsupported.
+    """
+    size = len(data)
+    if size == 0:
+        raise PoseError("empty_image", "The image is empty (0 bytes).")
+    if size > max_bytes:
+        raise PoseError("image_too_large", f"The image is {size} bytes; at most {max_bytes} bytes are accepted.")
+    image = _open_header(bytes(data[:16]), data)
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise PoseError("corrupt_image", f"The {image.format} header gives an empty size {width}x{height}.")
+    if width * height > max_pixels:
+        raise PoseError(
+            "image_too_many_pixels",
+            f"The image is {width}x{height} = {width * height} pixels; at most {max_pixels} are accepted.",
+        )
+    if getattr(image, "n_frames", 1) > 1:
+        raise PoseError(
+            "animated_image_unsupported",
+            f"The {image.format} image is animated ({image.n_frames} frames); send a single still image.",
+        )
+    try:
+        image.load()
+    except Image.DecompressionBombError as exc:
+        raise PoseError("image_too_many_pixels", f"The image has too many pixels: {exc}") from None
+    except Exception as exc:  # any decoder failure on untrusted bytes is the caller's corrupt file
+        raise PoseError("corrupt_image", f"The {image.format} image could not be decoded: {exc}") from None
+    _apply_exif_orientation(image)
+    return _to_rgb_array(image)
+
+
+def _open_header(prefix: bytes, data: bytes) -> Image.Image:
+    """Parse only the header of a supported format (no pixels decoded yet)."""
+    fmt = sniff_format(prefix)
+    if fmt is None:
+        for magic, offset, name in _OTHER_FORMATS:
+            if prefix[offset : offset + len(magic)] == magic:
+                raise PoseError(
+                    "unsupported_image_format", f"{name} images are not supported; send {_SUPPORTED}."
+                )
+        raise PoseError("corrupt_image", f"The data is not a recognisable image; send {_SUPPORTED}.")
+    try:
+        return _DECODERS[fmt](io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise PoseError("image_too_many_pixels", f"The image has too many pixels: {exc}") from None
+    except Exception as exc:
+        raise PoseError("corrupt_image", f"The {fmt} header could not be read: {exc}") from None
+
+
+def _apply_exif_orientation(image: Image.Image) -> None:
+    """Rotate/flip in place as the EXIF Orientation tag says. Unreadable EXIF is ignored, not refused."""
+    try:
+        ImageOps.exif_transpose(image, in_place=True)
+    except Exception:  # a broken EXIF block should not cost the caller a decodable photo
+        pass
+
+
+def _to_rgb_array(image: Image.Image) -> np.ndarray:
+    if image.mode == "RGB":
+        return np.asarray(image)
+    if image.mode in _SIXTEEN_BIT_MODES:
+        # Pillow's convert() clips 16-bit values at 255; keep the high byte instead (65535 -> 255),
+        # as Pillow itself does for 16-bit RGB PNGs.
+        gray = (np.asarray(image).astype(np.uint32, copy=False).clip(0, 65535) >> 8).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    # Alpha (and a palette's transparency) is dropped, not composited: the model never saw alpha.
+    image.info.pop("transparency", None)
+    try:
+        return np.asarray(image.convert("RGB"))
+    except Exception as exc:
+        raise PoseError(
+            "unsupported_image_format", f"Images in pixel mode {image.mode} are not supported: {exc}"
+        ) from None
+
+
+def encode_image(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> bytes:
+    """RGB uint8 (H, W, 3) -> JPEG or PNG bytes."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected RGB uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    buffer = io.BytesIO()
+    image = Image.fromarray(np.ascontiguousarray(rgb))
+    fmt = fmt.lower()
+    if fmt in ("jpeg", "jpg"):
+        image.save(buffer, format="JPEG", quality=quality)
+    elif fmt == "png":
+        image.save(buffer, format="PNG", compress_level=1)  # fast; size matters less than latency here
+    else:
+        raise ValueError(f"unknown image format {fmt!r}; use 'jpeg' or 'png'")
+    return buffer.getvalue()

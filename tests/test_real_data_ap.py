@@ -1,0 +1,123 @@
+"""Real COCO annotations through the serving geometry and decoder, scored by pycocotools.
+
+For every annotated person: GT box -> center/scale -> heatmap-space keypoints (forward 48x64 affine) ->
+ideal Gaussian heatmaps (what a perfect network would output) -> decode_heatmaps -> COCO results ->
+COCOeval keypoint AP. Any error in box->center/scale, the affine, the decoder or the inverse mapping costs
+AP; a negative control proves that the check can fail.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.geometry import boxes_to_centers_scales, get_affine_transform, validate_boxes
+from service.heatmaps import decode_heatmaps, rescore_person
+from service.imaging import decode_image
+from conftest import require_shared  # tests/conftest.py (pytest puts tests/ on sys.path)
+
+pytest.importorskip("pycocotools", reason="pycocotools (the 'export' extra) is not installed")
+
+HEATMAP_WH = (48, 64)
+ASPECT_RATIO = 192 / 256
+SIGMA = 2.0
+MIN_AP = 0.95
+
+DATASETS = {
+    # name: (folder under ../shared, annotation file in it)
+    "coco-mini": ("data/coco-mini", "test_coco.json"),
+    "coco8-pose": ("data/coco8-pose", "annotations.json"),
+}
+
+
+def ideal_heatmaps(keypoints_hm: np.ndarray, labelled: np.ndarray) -> np.ndarray:
+    """(K, 2) sub-pixel heatmap points -> (K, H, W) unnormalised Gaussians; unlabelled joints stay zero."""
+    width, height = HEATMAP_WH
+    xs = np.arange(width, dtype=np.float64)[None, None, :]
+    ys = np.arange(height, dtype=np.float64)[None, :, None]
+    kx, ky = keypoints_hm[:, 0, None, None], keypoints_hm[:, 1, None, None]
+    maps = np.exp(-((xs - kx) ** 2 + (ys - ky) ** 2) / (2 * SIGMA**2))
+    return (maps * labelled[:, None, None]).astype(np.float32)
+
+
+def load_persons(folder: Path, annotation_file: str) -> tuple[dict, list[dict]]:
+    dataset = json.loads((folder / annotation_file).read_text())
+    images = {image["id"]: image for image in dataset["images"]}
+    persons = [
+        a for a in dataset["annotations"] if a.get("num_keypoints", 0) > 0 and not a.get("iscrowd", 0)
+    ]
+    return images, persons
+
+
+def fake_backend_results(images: dict, persons: list[dict], scale_error: float = 1.0, shift_hm: float = 0.0):
+    """COCO keypoint results from ideal heatmaps of the GT keypoints, decoded as the service decodes.
+
+    `scale_error` / `shift_hm` spoil the decoding on purpose for the negative controls.
+    """
+    results = []
+    for image_id in sorted({p["image_id"] for p in persons}):
+        image = images[image_id]
+        own = [p for p in persons if p["image_id"] == image_id]
+        boxes, box_scores = validate_boxes([p["bbox"] for p in own], (image["width"], image["height"]), 100)
+        centers, scales = boxes_to_centers_scales(boxes, aspect_ratio=ASPECT_RATIO)
+        heatmaps = []
+        for person, center, scale in zip(own, centers, scales):
+            gt = np.asarray(person["keypoints"], dtype=np.float64).reshape(-1, 3)
+            forward = get_affine_transform(center, scale, HEATMAP_WH)
+            keypoints_hm = gt[:, :2] @ forward[:, :2].T + forward[:, 2]
+            heatmaps.append(ideal_heatmaps(keypoints_hm, (gt[:, 2] > 0).astype(np.float64)))
+        preds, maxvals = decode_heatmaps(np.stack(heatmaps), centers, scales * np.float32(scale_error))
+        preds = preds + shift_hm * (scales[:, None, :1] * 200 / HEATMAP_WH[0])  # heatmap px -> image px
+        for pred, maxval, box_score in zip(preds, maxvals, box_scores):
+            keypoints = np.concatenate([pred, maxval], axis=1)
+            results.append({
+                "image_id": image_id,
+                "category_id": 1,
+                "keypoints": keypoints.reshape(-1).astype(float).tolist(),
+                "score": rescore_person(box_score, maxval),
+            })
+    return results
+
+
+def keypoint_ap(annotation_path: Path, image_ids: list[int], results: list[dict]) -> float:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    coco_gt = COCO(str(annotation_path))
+    coco_dt = coco_gt.loadRes(results)
+    evaluator = COCOeval(coco_gt, coco_dt, iouType="keypoints")
+    evaluator.params.imgIds = image_ids
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    return float(evaluator.stats[0])
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_ideal_heatmaps_decode_to_coco_ap_above_095(name):
+    folder_rel, annotation_file = DATASETS[name]
+    folder = require_shared(folder_rel)
+    images, persons = load_persons(folder, annotation_file)
+    assert persons, f"{name}: no annotated persons with keypoints"
+    image_ids = sorted({p["image_id"] for p in persons})
+
+    # The images are real and their decoded size is the annotated one.
+    for image_id in image_ids:
+        image = images[image_id]
+        rgb = decode_image((folder / image["file_name"]).read_bytes(), max_bytes=50_000_000, max_pixels=50_000_000)
+        assert rgb.shape == (image["height"], image["width"], 3)
+
+    annotation_path = folder / annotation_file
+    ap = keypoint_ap(annotation_path, image_ids, fake_backend_results(images, persons))
+    print(f"\n{name}: {len(persons)} persons on {len(image_ids)} images, keypoint AP = {ap:.4f}")
+    assert ap >= MIN_AP, f"{name}: AP {ap:.4f} < {MIN_AP}"
+
+    # Negative controls: the same pipeline with a deliberate error must lose AP, so the check can fail.
+    shifted = keypoint_ap(annotation_path, image_ids, fake_backend_results(images, persons, shift_hm=2.0))
+    unpadded = keypoint_ap(annotation_path, image_ids, fake_backend_results(images, persons, scale_error=0.8))
+    print(f"{name}: negative controls AP = {shifted:.4f} (2 heatmap px shift), {unpadded:.4f} (scale x0.8)")
+    assert shifted < ap - 0.1
+    assert unpadded < ap - 0.1
