@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import time
 from pathlib import Path
 
+import uvicorn
+
 from service.settings import Settings
+
+log = logging.getLogger("service")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -25,9 +31,51 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import uvicorn
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server whose first SIGTERM/SIGINT drains before it stops (what Kubernetes expects):
 
+    1. the signal only marks the exit as requested; the next tick (<= 0.1 s later) calls `begin_drain`, so
+       /readyz answers 503 and new pose requests get 503 shutting_down with Retry-After, while the listener
+       stays open;
+    2. after `delay_s` (POSE_SHUTDOWN_DELAY_S, for load balancers to notice) uvicorn's own graceful shutdown
+       runs: stop accepting, let in-flight requests finish (up to POSE_SHUTDOWN_TIMEOUT_S), then the lifespan
+       shutdown (the batcher finishes every admitted crop), and the process exits 0;
+    3. a second signal skips what is left of the delay; a SIGINT after that forces the exit.
+
+    uvicorn re-raises a captured signal after a graceful stop, so the process would die of SIGTERM (status
+    -15); a drained stop is a clean exit, so the signal is not recorded for re-raising.
+    """
+
+    def __init__(self, config: uvicorn.Config, state, delay_s: float) -> None:
+        super().__init__(config)
+        self.state = state
+        self.delay_s = delay_s
+        self.exit_requested_at: float | None = None
+        self.drain_started = False
+
+    def handle_exit(self, sig: int, frame) -> None:  # runs as a signal handler: set flags only, take no locks
+        if self.exit_requested_at is None:
+            self.exit_requested_at = time.monotonic()
+        elif self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.exit_requested_at is not None:
+            if not self.drain_started:
+                from service.main import begin_drain
+
+                self.drain_started = True
+                begin_drain(self.state)
+                log.info("shutdown requested: unready now; serving %.1f s more, then draining in-flight requests",
+                         self.delay_s)
+            if time.monotonic() - self.exit_requested_at >= self.delay_s:
+                self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def main(argv: list[str] | None = None) -> int:
     from service.backend import ModelLoadError
     from service.logs import configure_logging
     from service.main import create_app, load_model
@@ -43,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     app = create_app(settings, model=model)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=30)
-    return 0
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
+                            timeout_graceful_shutdown=settings.shutdown_timeout_s)
+    server = DrainingServer(config, app.state.service, settings.shutdown_delay_s)
+    server.run()
+    return 0 if server.started else 3  # 3: uvicorn's start-up failure status (e.g. the port is taken)
 
 
 if __name__ == "__main__":

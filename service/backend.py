@@ -73,6 +73,10 @@ def choose_providers(requested: str, available: list[str], trt_cache_dir: Path |
     return chain
 
 
+def _provider_name(entry) -> str:
+    return entry[0] if isinstance(entry, tuple) else entry
+
+
 def padded_batch_sizes(max_batch_size: int, gpu: bool) -> list[int]:
     """The batch shapes the session will see. On GPU, powers of two (plus the max): TensorRT builds an
     engine per shape and padding is nearly free. On CPU cost is linear in batch size, so padding would
@@ -108,10 +112,11 @@ class OrtBackend:
         options.intra_op_num_threads = self.intra_op_threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        chain = choose_providers(self.requested_provider, ort.get_available_providers(),
-                                 self.trt_cache_dir, self.trt_fp16)
+        available = ort.get_available_providers()
+        chain = choose_providers(self.requested_provider, available, self.trt_cache_dir, self.trt_fp16)
+        usable = [p for p in chain if _provider_name(p) in available]  # ask ORT only for what it has
         try:
-            self.session = ort.InferenceSession(str(self.model_path), options, providers=chain)
+            self.session = ort.InferenceSession(str(self.model_path), options, providers=usable)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise ModelLoadError(f"cannot load ONNX model {self.model_path}: {str(exc).splitlines()[0]}") from exc
         self.status = self._provider_status(chain)
@@ -125,7 +130,7 @@ class OrtBackend:
         return self.status.active
 
     def _provider_status(self, chain: list) -> ProviderStatus:
-        wanted = chain[0][0] if isinstance(chain[0], tuple) else chain[0]
+        wanted = _provider_name(chain[0])
         active = self.session.get_providers()[0]
         ok = active == wanted
         reason = "" if ok else f"{wanted} was requested but {active} is active (is onnxruntime-gpu installed?)"

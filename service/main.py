@@ -17,9 +17,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.backend import Backend, ModelLoadError, OrtBackend, ProviderStatus
 from service.batching import MicroBatcher
-from service.errors import PoseError
+from service.errors import RETRY_AFTER_CODES, PoseError
 from service.metrics import Metrics
-from service.middleware import RequestContextMiddleware, error_response_parts
+from service.middleware import AccessControlMiddleware, RequestContextMiddleware, error_response_parts
 from service.modelcard import ModelCard, card_path_for
 from service.pipeline import Limits, PosePipeline
 from service.settings import Settings
@@ -112,12 +112,14 @@ def create_app(settings: Settings | None = None, model: LoadedModel | None = Non
     from service.api import register_routes
 
     register_routes(app)
+    # add_middleware puts each one outside the ones before it: the stack is RequestContext > CORS > access control
+    app.add_middleware(AccessControlMiddleware, metrics=metrics, api_keys=read_api_keys(settings),
+                       auth_probes=settings.auth_probes, max_body_bytes=settings.max_body_bytes)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
-                           allow_headers=["*"], expose_headers=["X-Request-ID", "Server-Timing"])
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, api_keys=read_api_keys(settings),
-                       auth_probes=settings.auth_probes, max_body_bytes=settings.max_body_bytes)
+                           allow_headers=["*"], expose_headers=["X-Request-ID", "Server-Timing", "Retry-After"])
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     return app
 
 
@@ -174,7 +176,7 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
 
     @app.exception_handler(PoseError)
     async def pose_error(request: Request, exc: PoseError) -> Response:
-        if exc.status >= 500:
+        if exc.status >= 500 and exc.code not in RETRY_AFTER_CODES:  # load shedding and draining are no faults
             log.error("request failed: %s: %s", exc.code, exc.message)
         return respond(request, exc)
 

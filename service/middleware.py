@@ -1,5 +1,13 @@
-"""One pure-ASGI middleware for what every request shares: request ID, API-key check, body-size limit,
-request metrics and the access log. Pure ASGI (not BaseHTTPMiddleware) keeps it off the hot path's bill."""
+"""Pure-ASGI middlewares (not BaseHTTPMiddleware, which would put itself on the hot path's bill).
+
+The stack, outermost first:
+
+1. `RequestContextMiddleware`: the request ID (in the response headers and, through a contextvar, in every log
+   line), the streamed body-size cap, request metrics and the access log. Everything answers through it.
+2. CORS (only when POSE_CORS_ORIGINS is set): preflights are answered here, and every answer below it,
+   refusals included, carries the CORS headers a browser needs to read it.
+3. `AccessControlMiddleware`: the API-key check and the declared (Content-Length) body-size limit.
+"""
 
 from __future__ import annotations
 
@@ -29,11 +37,9 @@ def error_response_parts(error: PoseError, request_id: str) -> tuple[int, list[t
 
 
 class RequestContextMiddleware:
-    def __init__(self, app, metrics: Metrics, api_keys: list[str], auth_probes: bool, max_body_bytes: int) -> None:
+    def __init__(self, app, metrics: Metrics, max_body_bytes: int) -> None:
         self.app = app
         self.metrics = metrics
-        self.api_keys = [k.encode() for k in api_keys]
-        self.auth_probes = auth_probes
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope, receive, send):
@@ -50,19 +56,63 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
                 message.setdefault("headers", [])
-                if not any(k == b"x-request-id" for k, _ in message["headers"]):
+                if not any(k.lower() == b"x-request-id" for k, _ in message["headers"]):
                     message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
-            refusal = self._refusal(scope, headers)
-            if refusal is not None:
-                await self._send_error(send_with_id, refusal, request_id)
-            else:
-                await self.app(scope, self._limited(receive, send_with_id, request_id), send_with_id)
+            await self.app(scope, self._limited(receive), send_with_id)
         finally:
             self._record(scope, status_holder["status"], time.perf_counter() - started)
             request_id_var.reset(token)
+
+    def _limited(self, receive):
+        """Counts body bytes as they arrive: a chunked body without Content-Length is capped too."""
+        seen = 0
+        limit = self.max_body_bytes
+
+        async def receive_limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise PoseError("payload_too_large", f"request body over the {limit}-byte limit")
+            return message
+
+        return receive_limited
+
+    def _record(self, scope, status: int, elapsed: float) -> None:
+        route = scope.get("route")
+        endpoint = getattr(route, "path", None) or "unmatched"  # templates only: bounded label values
+        self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+        self.metrics.request_latency.labels(endpoint=endpoint).observe(elapsed)
+        if scope["path"] not in PROBE_PATHS:
+            log.info("request", extra={"method": scope["method"], "path": scope["path"], "status": status,
+                                       "duration_ms": round(elapsed * 1000, 2)})
+
+
+class AccessControlMiddleware:
+    """Refuses, before the app reads a byte of the body: a missing or wrong API key (401 unauthorized) and a
+    declared body over the limit (413 payload_too_large). The probes stay open unless `auth_probes`."""
+
+    def __init__(self, app, metrics: Metrics, api_keys: list[str], auth_probes: bool, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.api_keys = [k.encode() for k in api_keys]
+        self.auth_probes = auth_probes
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        refusal = self._refusal(scope, dict(scope["headers"]))
+        if refusal is None:
+            return await self.app(scope, receive, send)
+        status, headers, body = error_response_parts(refusal, scope.get("state", {}).get("request_id", "-"))
+        self.metrics.errors.labels(code=refusal.code).inc()
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     def _refusal(self, scope, headers: dict) -> PoseError | None:
         path = scope["path"]
@@ -90,37 +140,6 @@ class RequestContextMiddleware:
         for key in self.api_keys:
             matched |= hmac.compare_digest(offered, key)
         return matched
-
-    def _limited(self, receive, send, request_id: str):
-        """Counts body bytes as they arrive: a chunked body without Content-Length is capped too."""
-        seen = 0
-        limit = self.max_body_bytes
-
-        async def receive_limited():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise PoseError("payload_too_large", f"request body over the {limit}-byte limit")
-            return message
-
-        return receive_limited
-
-    async def _send_error(self, send, error: PoseError, request_id: str) -> None:
-        status, headers, body = error_response_parts(error, request_id)
-        self.metrics.errors.labels(code=error.code).inc()
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-    def _record(self, scope, status: int, elapsed: float) -> None:
-        route = scope.get("route")
-        endpoint = getattr(route, "path", None) or "unmatched"  # templates only: bounded label values
-        self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
-        self.metrics.request_latency.labels(endpoint=endpoint).observe(elapsed)
-        if scope["path"] not in PROBE_PATHS:
-            log.info("request", extra={"method": scope["method"], "path": scope["path"], "status": status,
-                                       "duration_ms": round(elapsed * 1000, 2)})
 
 
 def _safe_request_id(value: bytes | None) -> str | None:
