@@ -121,3 +121,55 @@ def test_ideal_heatmaps_decode_to_coco_ap_above_095(name):
     print(f"{name}: negative controls AP = {shifted:.4f} (2 heatmap px shift), {unpadded:.4f} (scale x0.8)")
     assert shifted < ap - 0.1
     assert unpadded < ap - 0.1
+
+
+def service_pipeline_results(folder: Path, images: dict, persons: list[dict]) -> list[dict]:
+    """The same check through the service's own PosePipeline: image bytes and GT boxes in, the batcher and a
+    fake backend that answers each crop with the ideal heatmaps of its person, the pipeline's decode out."""
+    import asyncio
+    from collections import deque
+
+    from service.batching import MicroBatcher
+    from service.modelcard import ModelCard
+    from service.pipeline import Limits, PosePipeline, parse_boxes
+
+    queued: deque[np.ndarray] = deque()
+
+    def fake_infer(batch: np.ndarray) -> np.ndarray:
+        return np.stack([queued.popleft() for _ in range(len(batch))])
+
+    card = ModelCard.official_defaults("ideal-heatmaps", (256, 192), (HEATMAP_WH[1], HEATMAP_WH[0]))
+    batcher = MicroBatcher(fake_infer, max_batch_size=4, max_wait_s=0.0)
+    batcher.start()
+    pipeline = PosePipeline(card, batcher, Limits(50_000_000, 50_000_000, 100), request_timeout_s=30)
+    results = []
+    try:
+        for image_id in sorted({p["image_id"] for p in persons}):
+            own = [p for p in persons if p["image_id"] == image_id]
+            boxes, _ = validate_boxes([p["bbox"] for p in own], (images[image_id]["width"], images[image_id]["height"]), 100)
+            centers, scales = boxes_to_centers_scales(boxes, aspect_ratio=ASPECT_RATIO)
+            for person, center, scale in zip(own, centers, scales):
+                gt = np.asarray(person["keypoints"], dtype=np.float64).reshape(-1, 3)
+                forward = get_affine_transform(center, scale, HEATMAP_WH)
+                queued.append(ideal_heatmaps(gt[:, :2] @ forward[:, :2].T + forward[:, 2], (gt[:, 2] > 0) * 1.0))
+            data = (folder / images[image_id]["file_name"]).read_bytes()
+            result = asyncio.run(pipeline.estimate(data, parse_boxes([p["bbox"] for p in own], "xywh"), flip=False))
+            for person in result.persons:
+                results.append({"image_id": image_id, "category_id": 1, "score": person.score,
+                                "keypoints": person.keypoints.reshape(-1).astype(float).tolist()})
+    finally:
+        batcher.close()
+    assert not queued, "every ideal heatmap was consumed by exactly one crop"
+    return results
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_service_pipeline_with_ideal_heatmaps_scores_coco_ap_above_095(name):
+    folder_rel, annotation_file = DATASETS[name]
+    folder = require_shared(folder_rel)
+    images, persons = load_persons(folder, annotation_file)
+    image_ids = sorted({p["image_id"] for p in persons})
+    ap = keypoint_ap(folder / annotation_file, image_ids, service_pipeline_results(folder, images, persons))
+    print(f"\n{name}: service pipeline with ideal heatmaps, keypoint AP = {ap:.4f}")
+    assert ap >= MIN_AP
+    assert ap == pytest.approx(keypoint_ap(folder / annotation_file, image_ids, fake_backend_results(images, persons)))
