@@ -100,6 +100,8 @@ class OrtBackend:
     max_batch: int = 8
     trt_cache_dir: Path | None = None
     trt_fp16: bool = False
+    # ORT's threads spin between ops; on a CPU shared with request preprocessing that spinning steals cycles.
+    spin: bool = True
     status: ProviderStatus = field(init=False)
 
     def __post_init__(self) -> None:
@@ -112,6 +114,8 @@ class OrtBackend:
         options.intra_op_num_threads = self.intra_op_threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if not self.spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = ort.get_available_providers()
         chain = choose_providers(self.requested_provider, available, self.trt_cache_dir, self.trt_fp16)
         usable = [p for p in chain if _provider_name(p) in available]  # ask ORT only for what it has

@@ -10,6 +10,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from service import geometry, heatmaps
@@ -91,6 +92,9 @@ class PosePipeline:
         self.heatmap_wh = (card.output.width, card.output.height)
         self.aspect_ratio = card.input.width / card.input.height
         self.flip_pairs = np.asarray(card.flip_pairs, dtype=np.int64).reshape(-1, 2)
+        # Crops are small and already run in parallel request threads; OpenCV's own thread pool would only
+        # contend with ONNX Runtime's threads for the same cores.
+        cv2.setNumThreads(1)
 
     # -- CPU-bound preparation (runs in a worker thread) -------------------------------------------
     def prepare(self, data: bytes, boxes: np.ndarray | None, flip: bool) -> Prepared:

@@ -12,6 +12,7 @@ import time
 from contextlib import contextmanager
 from itertools import cycle
 from pathlib import Path
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 
@@ -63,33 +64,71 @@ def peak_rss_bytes(pid: int) -> int:
     return 0
 
 
-async def _client(http: httpx.AsyncClient, photos: list[Photo], stop_at: float, phase: Phase) -> None:
-    for photo in cycle(photos):
+class RawHttpClient:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams. The load generator shares the machine's cores
+    with the service, so it must cost next to nothing: requests are pre-encoded bytes, responses are only
+    framed (status line + Content-Length), never parsed as JSON."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, raw: bytes) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.write(raw)
+        status_line = await self.reader.readline()
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        await self.reader.readexactly(length)
+        return int(status_line.split()[1])
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def encode_request(host: str, photo: Photo) -> bytes:
+    target = "/v1/pose?" + urlencode({"boxes": json.dumps(photo.boxes)})
+    head = (f"POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
+            f"Content-Length: {len(photo.data)}\r\n\r\n")
+    return head.encode() + photo.data
+
+
+async def _client(client: RawHttpClient, requests: list[tuple[bytes, int]], stop_at: float, phase: Phase) -> None:
+    for raw, crops in cycle(requests):
         if time.monotonic() >= stop_at:
             return
         started = time.perf_counter()
-        response = await http.post("/v1/pose", content=photo.data, headers={"content-type": "image/jpeg"},
-                                   params={"boxes": json.dumps(photo.boxes)})
-        if response.status_code != 200:
+        status = await client.request(raw)
+        if status != 200:
             phase.errors += 1
             continue
         phase.latencies_s.append(time.perf_counter() - started)
         phase.requests += 1
-        phase.crops += len(photo.boxes)
+        phase.crops += crops
 
 
 async def _load(url: str, name: str, photos: list[Photo], clients: int, seconds: float) -> Phase:
+    parsed = urlsplit(url)
+    requests = [(encode_request(parsed.netloc, photo), len(photo.boxes)) for photo in photos]
     phase = Phase(name, 0, 0, 0.0, [])
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
-        for photo in photos[:clients]:  # warm the connections
-            await http.post("/v1/pose", content=photo.data, headers={"content-type": "image/jpeg"},
-                            params={"boxes": json.dumps(photo.boxes)})
+    pool = [RawHttpClient(parsed.hostname, parsed.port) for _ in range(clients)]
+    try:
+        for client, request in zip(pool, cycle(requests)):  # open and warm every connection
+            if await client.request(request[0]) != 200:
+                raise RuntimeError("the service refused a warm-up request")
         started = time.perf_counter()
         stop_at = time.monotonic() + seconds
         # each client starts at another photo so concurrent requests differ
-        await asyncio.gather(*(_client(http, photos[i:] + photos[:i], stop_at, phase) for i in range(clients)))
+        await asyncio.gather(*(_client(c, requests[i:] + requests[:i], stop_at, phase) for i, c in enumerate(pool)))
         phase.seconds = time.perf_counter() - started
+    finally:
+        for client in pool:
+            await client.close()
     return phase
 
 
