@@ -137,6 +137,7 @@ async def start_serving(state: ServiceState, loaded: LoadedModel) -> None:
     limits = Limits(settings.max_image_bytes, settings.max_image_pixels, settings.max_boxes)
     state.pipeline = PosePipeline(loaded.card, state.batcher, limits, settings.request_timeout_s)
     status = loaded.provider_status
+    state.draining = False  # the same app may be started again after a shutdown (test clients do that)
     if status.ok or settings.allow_cpu_fallback:
         state.ready = True
         state.not_ready_reason = ""

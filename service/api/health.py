@@ -7,17 +7,21 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.deps import service_state
-from service.schemas import HealthResponse
+from service.schemas import ErrorResponse, HealthResponse
+
+UNAUTHORIZED = {401: {"model": ErrorResponse, "description": "Missing or wrong API key (when POSE_AUTH_PROBES=true)"}}
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/livez", response_model=HealthResponse, summary="Liveness: the process is up")
+@router.get("/livez", response_model=HealthResponse, responses=UNAUTHORIZED, summary="Liveness: the process is up")
 async def livez() -> HealthResponse:
     return HealthResponse(status="ok")
 
 
-@router.get("/readyz", response_model=HealthResponse, responses={503: {"model": HealthResponse}},
+@router.get("/readyz", response_model=HealthResponse,
+            responses={503: {"model": HealthResponse, "description": "Not ready (starting, or shutting down)"},
+                       **UNAUTHORIZED},
             summary="Readiness: model loaded, warmed up, configured provider active")
 async def readyz(request: Request):
     state = service_state(request)
@@ -28,6 +32,7 @@ async def readyz(request: Request):
 
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics",
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"},
+                       **UNAUTHORIZED})
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(service_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -6,12 +6,14 @@ from fastapi import APIRouter, Request
 
 from service.api.deps import service_state
 from service.errors import PoseError
-from service.schemas import ModelCardResponse
+from service.schemas import ErrorResponse, ModelCardResponse
 
 router = APIRouter(tags=["model"])
 
 
-@router.get("/v1/model", response_model=ModelCardResponse, summary="The served model's card")
+@router.get("/v1/model", response_model=ModelCardResponse, summary="The served model's card",
+            responses={401: {"model": ErrorResponse, "description": "Missing or wrong API key (when keys are set)"},
+                       503: {"model": ErrorResponse, "description": "The model is not loaded yet"}})
 async def model_card(request: Request) -> ModelCardResponse:
     state = service_state(request)
     if state.model is None:

@@ -27,13 +27,17 @@ router = APIRouter(tags=["pose"])
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "application/octet-stream")
 BATCH_CONCURRENCY = 4  # images of one batch call in flight at once: enough to keep batches full
 
+RETRY_AFTER_HEADER = {"Retry-After": {"description": "Seconds to wait before retrying.",
+                                       "schema": {"type": "integer", "minimum": 1}}}
 ERROR_RESPONSES = {
-    status: {"model": ErrorResponse, "description": text}
+    status: {"model": ErrorResponse, "description": text,
+             **({"headers": RETRY_AFTER_HEADER} if status in (429, 503, 504) else {})}
     for status, text in {
         400: "Malformed request or image", 401: "Missing or wrong API key", 413: "Body or image too large",
         415: "Unsupported content or image type", 422: "Invalid boxes or fields",
-        429: "Overloaded: retry after Retry-After seconds", 503: "Not ready or shutting down",
-        504: "Deadline exceeded",
+        429: "Overloaded: retry after Retry-After seconds", 500: "Our fault: inference failed or an internal error",
+        503: "Not ready or shutting down: retry after Retry-After seconds",
+        504: "Deadline exceeded: retry after Retry-After seconds",
     }.items()
 }
 _BOXES_DOC = 'JSON list of person boxes, e.g. [[10, 20, 100, 200], [50, 60, 80, 160, 0.9]] (5th value: box score)'
@@ -110,7 +114,7 @@ async def pose(request: Request, query: PoseQuery = Depends(pose_query),
     item = await read_image_request(request, query)
     result = await pipeline.estimate(item.data, item.boxes, item.flip)
     body = pose_json(request, result)
-    return Response(json.dumps(body), media_type="application/json", headers=timing_headers(body["timings_ms"]))
+    return Response(json_bytes(body), media_type="application/json", headers=timing_headers(body["timings_ms"]))
 
 
 @router.post("/v1/pose/render", responses={200: {"content": {"image/jpeg": {}, "image/png": {}},
@@ -144,13 +148,13 @@ async def pose_batch(request: Request, query: PoseQuery = Depends(pose_query),
         async with gate:
             try:
                 result = await pipeline.estimate(item.data, item.boxes, item.flip)
+                return {"index": index, "ok": True, "result": pose_json(request, result), "error": None}
             except PoseError as error:
                 return item_error(request, index, error)
-        return {"index": index, "ok": True, "result": pose_json(request, result), "error": None}
 
     results = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
     body = {"model": model_json(request), "results": results}
-    return Response(json.dumps(body), media_type="application/json")
+    return Response(json_bytes(body), media_type="application/json")
 
 
 # -- request parsing --------------------------------------------------------------------------------
@@ -169,7 +173,7 @@ async def read_image_request(request: Request, query: PoseQuery) -> ImageRequest
         data = await image.read()
         boxes_text = _text_field(form, "boxes") or query.boxes
         flip = _bool_field(form, "flip", query.flip)
-        box_format = _text_field(form, "box_format") or query.box_format
+        box_format = _box_format_field(form, query.box_format)
     elif kind in RAW_IMAGE_TYPES:
         data = await request.body()
         boxes_text, flip, box_format = query.boxes, query.flip, query.box_format
@@ -202,11 +206,14 @@ async def read_batch_request(request: Request, query: PoseQuery, max_items: int)
             raise PoseError("invalid_request", "multipart field 'images' (one or more files) is required")
         _check_count(len(files), max_items)
         boxes_all = _json_boxes(_text_field(form, "boxes") or query.boxes)
+        if boxes_all is not None and not isinstance(boxes_all, list):
+            raise PoseError("invalid_boxes", "'boxes' must be a JSON list with one entry (null or a list of boxes) "
+                            "per image")
         if boxes_all is not None and len(boxes_all) != len(files):
             raise PoseError("invalid_boxes", f"'boxes' needs one entry per image ({len(files)}), got {len(boxes_all)}")
         flip = _bool_field(form, "flip", query.flip)
         flip = settings.flip_test if flip is None else flip
-        box_format = _text_field(form, "box_format") or query.box_format
+        box_format = _box_format_field(form, query.box_format)
         datas = [await f.read() for f in files]
         return [_batch_item(lambda d=d: d, None if boxes_all is None else boxes_all[i], box_format, flip)
                 for i, d in enumerate(datas)]
@@ -248,6 +255,15 @@ def _bool_field(form, name: str, default: bool | None) -> bool | None:
     raise PoseError("invalid_request", f"form field '{name}' must be true or false")
 
 
+def _box_format_field(form, default: str) -> str:
+    value = _text_field(form, "box_format")
+    if value is None:
+        return default
+    if value not in ("xywh", "xyxy"):
+        raise PoseError("invalid_request", f"form field 'box_format' must be 'xywh' or 'xyxy', not {value[:20]!r}")
+    return value
+
+
 def _json_boxes(text: str | None):
     if text is None:
         return None
@@ -258,6 +274,11 @@ def _json_boxes(text: str | None):
 
 
 # -- responses --------------------------------------------------------------------------------------
+def json_bytes(body: dict) -> bytes:
+    """Strict JSON: a NaN or infinity that slipped through is our fault (500), never invalid JSON."""
+    return json.dumps(body, allow_nan=False).encode()
+
+
 def ms(timings_s: dict[str, float]) -> dict[str, float]:
     return {stage: round(seconds * 1000, 3) for stage, seconds in timings_s.items()}
 
