@@ -18,6 +18,7 @@ may span batches. It knows nothing of HTTP and nothing of ONNX Runtime: `infer` 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
@@ -53,6 +54,8 @@ class _Job:
     abandoned: bool = False  # the caller timed out or disconnected
     finished: bool = False
     out: np.ndarray | None = None
+    # the submitting request's context (its request ID), so the worker thread logs on its behalf
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
     @property
     def size(self) -> int:
@@ -219,7 +222,7 @@ class MicroBatcher:
                     self._run([one])
                 return
             job = slices[0][0]
-            log.exception("inference failed for a batch of %d crops", len(batch))
+            job.context.run(log.exception, "inference failed for a batch of %d crops", len(batch))
             message = exc.message if isinstance(exc, PoseError) else f"inference failed: {type(exc).__name__}"
             with self._cond:
                 self._fail(job, PoseError("inference_failed", message))

@@ -209,8 +209,14 @@ def validate_boxes(
     rows = _box_rows(boxes)
     x, y, w, h, scores = rows.T
     image_w, image_h = float(image_wh[0]), float(image_wh[1])
+    # Finite but absurd values (1e300) overflow the float32 center/scale and give NaN keypoints; no detector
+    # box is a hundred times larger than its image.
+    limit = 100.0 * max(image_w, image_h)
+    with np.errstate(invalid="ignore"):
+        absurd = (np.abs(rows[:, :4]) > limit).any(axis=1)
     checks = (
         (~np.isfinite(rows).all(axis=1), "contains NaN or infinite values"),
+        (absurd, f"has a value beyond +-{limit:g}, 100 times the image size"),
         ((w <= 0) | (h <= 0), "has a width or height <= 0; both must be > 0"),
         ((x >= image_w) | (y >= image_h) | (x + w <= 0) | (y + h <= 0),
          f"lies entirely outside the {image_w:g}x{image_h:g} image"),

@@ -202,3 +202,11 @@ def test_validate_boxes_refusals(boxes, code, words):
         validate_boxes(boxes, (100, 80), max_boxes=4)
     assert info.value.code == code
     assert words in info.value.message
+
+
+def test_absurdly_large_finite_boxes_are_refused_before_they_overflow_float32():
+    with pytest.raises(PoseError) as error:
+        validate_boxes([[10, 10, 1e300, 1e300]], (640, 480), 10)
+    assert error.value.code == "invalid_boxes" and "100 times the image size" in error.value.message
+    xywh, _ = validate_boxes([[-500, -500, 3000, 3000]], (640, 480), 10)  # large but plausible: kept
+    assert xywh.shape == (1, 4)
