@@ -140,10 +140,41 @@ def compare_with_torch(path: Path, model: nn.Module, config: HRNetConfig,
             "tolerance": tolerance, "batches": list(batches), "provider": "CPUExecutionProvider"}
 
 
+# COCO train2017 holds ~150k persons with keypoints; a checkpoint of our trainer that saw fewer than this many
+# distinct persons is a test of the training loop (e.g. coco-mini), and its card says so.
+SMOKE_TRAINING_PERSONS = 10_000
+
+
+def training_summary(checkpoint_obj: Any) -> dict[str, Any] | None:
+    """What a checkpoint of model_export.train says it was trained on (None for other checkpoints)."""
+    if isinstance(checkpoint_obj, dict) and isinstance(checkpoint_obj.get("training"), dict):
+        return checkpoint_obj["training"]
+    return None
+
+
+def describe_training(training: dict[str, Any], checkpoint_path: Path | None) -> tuple[str, str | None]:
+    """(weights.source text, card warning or None) for a checkpoint of model_export.train."""
+    steps, persons = int(training.get("steps", 0)), int(training.get("persons", 0))
+    datasets = ", ".join(f"{d.get('annotations')} ({d.get('persons')} persons)"
+                         for d in training.get("datasets", [])) or "unknown data"
+    where = f"training checkpoint {checkpoint_path}" if checkpoint_path else "in-memory training checkpoint"
+    source = (f"{where}: {steps} steps ({training.get('epochs_completed', 0)} epochs, batch "
+              f"{training.get('batch_size', '?')}) on {persons} persons of {datasets}")
+    warning = None
+    if persons < SMOKE_TRAINING_PERSONS:
+        warning = (f"TEST MODEL: trained only {steps} steps on {persons} persons ({datasets}). This checks the "
+                   "training loop; it is not a pose model, and its keypoints are meaningless on other images.")
+    return source, warning
+
+
 def make_card(output: Path, config: HRNetConfig, checkpoint_path: Path | None, trained: bool, seed: int,
-              opset: int, check: dict[str, Any]) -> ModelCard:
+              opset: int, check: dict[str, Any], training: dict[str, Any] | None = None) -> ModelCard:
+    warning = None if trained else UNTRAINED_WARNING
     if trained:
-        weights = WeightsInfo(source=checkpoint_path.name if checkpoint_path else "in-memory checkpoint",
+        source = checkpoint_path.name if checkpoint_path else "in-memory checkpoint"
+        if training is not None:
+            source, warning = describe_training(training, checkpoint_path)
+        weights = WeightsInfo(source=source,
                               checkpoint_sha256=file_sha256(checkpoint_path) if checkpoint_path else None)
     else:
         weights = WeightsInfo(source="random-init", seed=seed)
@@ -151,7 +182,7 @@ def make_card(output: Path, config: HRNetConfig, checkpoint_path: Path | None, t
         name=output.stem,
         arch=config.name,
         trained=trained,
-        warning=None if trained else UNTRAINED_WARNING,
+        warning=warning,
         input=InputSpec(name=INPUT_NAME, height=config.input_size[0], width=config.input_size[1]),
         output=OutputSpec(name=OUTPUT_NAME, height=config.heatmap_size[0], width=config.heatmap_size[1],
                           num_keypoints=config.num_joints),
@@ -211,7 +242,7 @@ def export_onnx(
                     "max |output| %.3g", check["batches"], check["max_abs_diff"], check["relative_diff"],
                     check["tolerance"], check["max_abs_output"])
 
-    card = make_card(output, config, checkpoint_path, trained, seed, opset, check)
+    card = make_card(output, config, checkpoint_path, trained, seed, opset, check, training_summary(checkpoint_obj))
     card.write(card_path_for(output))
     export_log.info("model card written to %s", card_path_for(output))
     return card
@@ -264,7 +295,8 @@ def add_export_parser(subparsers: Any) -> None:
                         help="architecture; optional when the checkpoint carries its config")
     weights = parser.add_mutually_exclusive_group(required=True)
     weights.add_argument("--checkpoint", type=Path, metavar="PATH",
-                         help="official / mmpose / training checkpoint (.pth), loaded with weights_only=True")
+                         help="official / mmpose checkpoint (.pth), or a checkpoint.pt of `train` (its arch "
+                              "and what it was trained on are read from it), loaded with weights_only=True")
     weights.add_argument("--random-init", action="store_true",
                          help="no checkpoint: official random init, an UNTRAINED model (meaningless keypoints)")
     parser.add_argument("--seed", type=int, default=None, help="seed of --random-init (default 0)")
@@ -283,8 +315,11 @@ def run_export_command(args: Any) -> int:
         args.parser.error("--seed only applies to --random-init")
     if args.arch is None and args.random_init:
         args.parser.error("--random-init needs --arch")
-    output = args.output or Path("models") / f"hrnet_{args.arch or 'model'}.onnx"
+    output = args.output
     try:
+        if output is None:  # models/hrnet_ARCH.onnx, ARCH from the checkpoint when it carries its config
+            carried = read_checkpoint_config(args.checkpoint) if args.arch is None else None
+            output = Path("models") / f"hrnet_{args.arch or (carried.name if carried else 'model')}.onnx"
         card = export_onnx(args.arch, output, checkpoint=args.checkpoint,
                            seed=0 if args.seed is None else args.seed, opset=args.opset)
     except (CheckpointError, ExportCheckFailed, ValueError, KeyError, OSError) as error:
@@ -296,4 +331,6 @@ def run_export_command(args: Any) -> int:
     print(f"{'UNTRAINED: ' if not card.trained else ''}exported {label} {card.arch} to {output} "
           f"(card {card_path_for(output)}); ORT vs torch max abs diff {check['max_abs_diff']:.3g}, "
           f"relative {check['relative_diff']:.3g}")
+    if card.trained and card.warning:
+        print(f"warning: {card.warning}")
     return 0

@@ -1,0 +1,438 @@
+"""COCO keypoint AP of an exported model, measured with the service's own code (or the running service).
+
+Flow, as the official HRNet test (core/function.py validate + dataset/coco.py evaluate):
+  person boxes (GT boxes of the annotated persons, cleaned as in training, score 1; or a COCO detection-results
+  file, person category, score > IMAGE_THRE = 0.0)
+  -> per image: PosePipeline.prepare (the service's image decode, box validation, center/scale, affine crop,
+     normalisation, mirrored inputs for the flip test) -> the backend -> PosePipeline.decode (flip-test average,
+     argmax + quarter-pixel shift, inverse affine, rescoring: box score x mean keypoint score above 0.2)
+  -> OKS-NMS at 0.9 per image (area = scale_w*200 * scale_h*200) -> pycocotools COCOeval(iouType='keypoints').
+
+With a model file the pipeline runs in this process on ONNX Runtime (OrtBackend, the service's backend; the
+micro-batcher is replaced by direct calls in chunks of the backend's batch size). With --url every image and
+its boxes are POSTed to a running service (/v1/pose) and its answer is used: what is measured is then what is
+deployed. Both end in the same NMS and COCOeval code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service import coco
+from service.geometry import boxes_to_centers_scales
+from service.heatmaps import oks_nms
+from service.modelcard import InputSpec, ModelCard, OutputSpec, WeightsInfo
+from service.pipeline import Limits, PersonPose, PosePipeline
+
+log = logging.getLogger(__name__)
+
+STAT_NAMES: tuple[str, ...] = ("AP", "AP .5", "AP .75", "AP (M)", "AP (L)", "AR", "AR .5", "AR .75", "AR (M)",
+                               "AR (L)")
+OKS_NMS_THRESHOLD = 0.9  # official TEST.OKS_THRE
+DETECTION_SCORE_THRESHOLD = 0.0  # official TEST.IMAGE_THRE: detections with a lower score are dropped
+PERSON_CATEGORY_ID = 1
+SERVICE_MAX_BOXES = 100  # the service's default POSE_MAX_BOXES: boxes per request when evaluating over HTTP
+# In-process limits: evaluation data is trusted, so only absurd files are refused.
+LOCAL_LIMITS = Limits(max_image_bytes=1 << 31, max_image_pixels=1 << 31, max_boxes=1 << 31)
+
+PoseRunner = Callable[[bytes, np.ndarray, bool], list[PersonPose]]
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    image_id: int
+    path: Path
+    width: int
+    height: int
+
+
+@dataclass
+class EvaluationResult:
+    stats: dict[str, float]
+    results: list[dict]  # COCO keypoint results after NMS
+    num_images: int
+    num_boxes: int
+    dropped_boxes: int = 0
+    size_mismatches: list[int] = field(default_factory=list)  # image ids decoded at another size than annotated
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stats": self.stats, "stats_list": [self.stats[name] for name in STAT_NAMES],
+                "num_images": self.num_images, "num_boxes": self.num_boxes, "dropped_boxes": self.dropped_boxes,
+                "num_results": len(self.results), "size_mismatches": self.size_mismatches}
+
+
+# ---- person boxes -------------------------------------------------------------------------------------------
+
+def load_images(coco_gt, image_dir: str | os.PathLike) -> list[ImageEntry]:
+    return [ImageEntry(int(image["id"]), Path(image_dir) / image["file_name"], int(image["width"]),
+                       int(image["height"]))
+            for image in coco_gt.loadImgs(coco_gt.getImgIds())]
+
+
+def gt_person_boxes(annotation_file: str | os.PathLike) -> dict[int, np.ndarray]:
+    """image id -> (N, 5) x, y, w, h, score=1: the cleaned GT boxes of the persons with keypoints.
+
+    The official use_gt_bbox test database is the training database (same cleaning, same filter), so this
+    reuses the training loader's records.
+    """
+    from model_export.data.dataset import load_person_records
+
+    boxes: dict[int, list] = {}
+    for record in load_person_records(annotation_file, "."):
+        boxes.setdefault(record.image_id, []).append([*record.box, 1.0])
+    return {image_id: np.asarray(rows, dtype=np.float64) for image_id, rows in boxes.items()}
+
+
+def detection_person_boxes(detections_file: str | os.PathLike,
+                           threshold: float = DETECTION_SCORE_THRESHOLD) -> dict[int, np.ndarray]:
+    """image id -> (N, 5) boxes from a COCO detection-results JSON (person category, score >= threshold)."""
+    detections = json.loads(Path(detections_file).read_text())
+    if not isinstance(detections, list):
+        raise ValueError(f"{detections_file}: expected a JSON list of COCO detection results")
+    boxes: dict[int, list] = {}
+    for det in detections:
+        if det.get("category_id", PERSON_CATEGORY_ID) != PERSON_CATEGORY_ID:
+            continue
+        score = float(det.get("score", 1.0))
+        if score < threshold:
+            continue
+        boxes.setdefault(int(det["image_id"]), []).append([*map(float, det["bbox"][:4]), score])
+    return {image_id: np.asarray(rows, dtype=np.float64) for image_id, rows in boxes.items()}
+
+
+def usable_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, int]:
+    """Drop the boxes the service refuses (validate_boxes): non-finite, empty, or wholly outside the image.
+
+    The official code would crop those anyway (a singular matrix for an empty box); a detector emits them
+    rarely, and they cannot match anyone. Returns the kept rows and how many were dropped.
+    """
+    x, y, w, h = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    ok = (np.isfinite(boxes).all(axis=1) & (w > 0) & (h > 0) & (x < width) & (y < height) & (x + w > 0)
+          & (y + h > 0) & (boxes[:, 4] >= 0))
+    return boxes[ok], int((~ok).sum())
+
+
+# ---- running the model --------------------------------------------------------------------------------------
+
+class LocalRunner:
+    """The service's PosePipeline stages around a backend, in this process."""
+
+    def __init__(self, card: ModelCard, infer: Callable[[np.ndarray], np.ndarray], max_batch: int) -> None:
+        self.card = card
+        self.infer = infer
+        self.max_batch = max_batch
+        # prepare/decode never touch the micro-batcher; this runner calls the backend itself.
+        self.pipeline = PosePipeline(card, batcher=None, limits=LOCAL_LIMITS, request_timeout_s=float("inf"))
+        self.last_image_wh: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def from_onnx(cls, model_path: str | os.PathLike, provider: str = "cpu", max_batch: int = 8,
+                  threads: int = 0) -> LocalRunner:
+        """OrtBackend + the card beside the ONNX file, loaded as the service loads them."""
+        from service.backend import OrtBackend
+        from service.main import read_card
+
+        backend = OrtBackend(Path(model_path), provider, threads, max_batch)
+        card, _ = read_card(Path(model_path), backend)
+        return cls(card, backend.infer, backend.max_batch_size)
+
+    def __call__(self, data: bytes, boxes: np.ndarray, flip: bool) -> list[PersonPose]:
+        prepared = self.pipeline.prepare(data, boxes, flip)
+        self.last_image_wh = (prepared.width, prepared.height)
+        inputs = prepared.inputs
+        maps = np.concatenate([self.infer(inputs[i:i + self.max_batch])
+                               for i in range(0, len(inputs), self.max_batch)]) if len(inputs) else inputs
+        return self.pipeline.decode(prepared, maps)
+
+
+class ServiceRunner:
+    """A running service over HTTP: POST /v1/pose (multipart: image, boxes, flip) per image."""
+
+    def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 120.0,
+                 max_boxes: int = SERVICE_MAX_BOXES) -> None:
+        import httpx
+
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self.client = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s)
+        self.max_boxes = max_boxes
+        response = self.client.get("/v1/model")
+        response.raise_for_status()
+        self.card = ModelCard.model_validate(response.json()["card"])
+        self.last_image_wh: tuple[int, int] = (0, 0)
+
+    def __call__(self, data: bytes, boxes: np.ndarray, flip: bool) -> list[PersonPose]:
+        persons = []
+        for start in range(0, len(boxes), self.max_boxes):
+            chunk = boxes[start:start + self.max_boxes]
+            response = self.client.post(
+                "/v1/pose", files={"image": ("image", data, "application/octet-stream")},
+                data={"boxes": json.dumps(chunk.tolist()), "flip": str(flip).lower(), "box_format": "xywh"})
+            if response.status_code != 200:
+                raise RuntimeError(f"service answered {response.status_code}: {response.text[:300]}")
+            body = response.json()
+            self.last_image_wh = (body["image"]["width"], body["image"]["height"])
+            for person in body["persons"]:
+                keypoints = np.asarray(person["coco_keypoints"], dtype=np.float64).reshape(-1, 3)
+                persons.append(PersonPose(np.asarray(person["box"], dtype=np.float64), float(person["box_score"]),
+                                          float(person["score"]), keypoints))
+        return persons
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def card_for_config(config, name: str | None = None) -> ModelCard:
+    """A card for an in-memory model (validation during training): the export's input/output conventions."""
+    return ModelCard(name=name or config.name, arch=config.name, trained=False,
+                     input=InputSpec(height=config.input_size[0], width=config.input_size[1]),
+                     output=OutputSpec(height=config.heatmap_size[0], width=config.heatmap_size[1],
+                                       num_keypoints=config.num_joints),
+                     weights=WeightsInfo(source="in-memory training model"))
+
+
+# ---- NMS and COCOeval ---------------------------------------------------------------------------------------
+
+def person_area(box_xywh: Sequence[float], aspect_ratio: float) -> float:
+    """The official NMS area of a person: (scale_w * 200) * (scale_h * 200) of its padded box."""
+    _, scales = boxes_to_centers_scales(np.asarray(box_xywh, dtype=np.float64)[None, :4], aspect_ratio)
+    return float(np.prod(scales[0] * np.float32(coco.PIXEL_STD)))
+
+
+def to_prediction(image_id: int, person: PersonPose, aspect_ratio: float) -> dict:
+    return {"image_id": int(image_id), "keypoints": np.asarray(person.keypoints, dtype=np.float64),
+            "score": float(person.score), "area": person_area(person.box, aspect_ratio)}
+
+
+def nms_results(predictions: Iterable[Mapping], threshold: float = OKS_NMS_THRESHOLD) -> list[dict]:
+    """Per image, official OKS-NMS of the rescored persons -> COCO keypoint results (category 1)."""
+    by_image: dict[int, list[Mapping]] = {}
+    for prediction in predictions:
+        by_image.setdefault(int(prediction["image_id"]), []).append(prediction)
+    results = []
+    for image_id in sorted(by_image):
+        persons = by_image[image_id]
+        for i in oks_nms(persons, threshold):
+            keypoints = np.asarray(persons[i]["keypoints"], dtype=np.float64).reshape(-1)
+            results.append({"image_id": image_id, "category_id": PERSON_CATEGORY_ID,
+                            "keypoints": [float(v) for v in keypoints], "score": float(persons[i]["score"])})
+    return results
+
+
+def coco_keypoint_stats(coco_gt, results: Sequence[Mapping]) -> dict[str, float]:
+    """COCOeval(iouType='keypoints') over every image of the annotation file -> the ten stats by name.
+
+    `coco_gt` is a pycocotools COCO or an annotation file path. No results at all scores 0 everywhere.
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    from model_export.data.dataset import load_coco
+
+    if isinstance(coco_gt, (str, os.PathLike)):
+        coco_gt = load_coco(coco_gt)
+    if not results:
+        log.warning("no keypoint results to evaluate: every stat is 0")
+        return {name: 0.0 for name in STAT_NAMES}
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        coco_dt = coco_gt.loadRes(copy.deepcopy(list(results)))  # loadRes writes into the dicts
+        evaluator = COCOeval(coco_gt, coco_dt, iouType="keypoints")
+        evaluator.params.useSegm = None
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    log.debug("COCOeval:\n%s", printed.getvalue())
+    return {name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats)}
+
+
+# ---- the whole evaluation -----------------------------------------------------------------------------------
+
+def evaluate(
+    annotation_file: str | os.PathLike,
+    image_dir: str | os.PathLike,
+    runner: PoseRunner,
+    card: ModelCard,
+    detections_file: str | os.PathLike | None = None,
+    flip: bool = True,
+    detection_threshold: float = DETECTION_SCORE_THRESHOLD,
+    oks_threshold: float = OKS_NMS_THRESHOLD,
+    progress: bool = False,
+) -> EvaluationResult:
+    """Keypoint AP of `runner` (LocalRunner or ServiceRunner) on an annotation file; see the module docstring."""
+    from model_export.data.dataset import load_coco
+
+    coco_gt = load_coco(annotation_file)
+    images = load_images(coco_gt, image_dir)
+    if detections_file is None:
+        boxes_by_image = gt_person_boxes(annotation_file)
+    else:
+        boxes_by_image = detection_person_boxes(detections_file, detection_threshold)
+    aspect_ratio = card.input.width / card.input.height
+    predictions, num_boxes, dropped, mismatches = [], 0, 0, []
+    iterator: Iterable[ImageEntry] = images
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(images, desc="evaluate", unit="img", dynamic_ncols=True)
+    for image in iterator:
+        boxes = boxes_by_image.get(image.image_id)
+        if boxes is None or len(boxes) == 0:
+            continue
+        boxes, skipped = usable_boxes(boxes, image.width, image.height)
+        dropped += skipped
+        if len(boxes) == 0:
+            continue
+        num_boxes += len(boxes)
+        persons = runner(image.path.read_bytes(), boxes, flip)
+        if tuple(getattr(runner, "last_image_wh", (image.width, image.height))) != (image.width, image.height):
+            mismatches.append(image.image_id)  # e.g. an EXIF orientation the service applied
+        predictions.extend(to_prediction(image.image_id, person, aspect_ratio) for person in persons)
+    if dropped:
+        log.warning("%d person boxes dropped (empty, non-finite or outside their image)", dropped)
+    if mismatches:
+        log.warning("%d images decoded at another size than annotated (EXIF orientation?): %s", len(mismatches),
+                    mismatches[:10])
+    results = nms_results(predictions, oks_threshold)
+    stats = coco_keypoint_stats(coco_gt, results)
+    return EvaluationResult(stats, results, len(images), num_boxes, dropped, mismatches)
+
+
+def format_stats(stats: Mapping[str, float]) -> str:
+    return "\n".join(f"  {name:<7} {stats[name]:.4f}" for name in STAT_NAMES)
+
+
+# ---- command line (`python -m model_export evaluate ...`) ----------------------------------------------------
+
+EVALUATE_DESCRIPTION = """\
+COCO keypoint AP (pycocotools COCOeval, iouType 'keypoints') of an exported HRNet ONNX model, computed with
+the service's own code: the service's image decoding, box -> center/scale, affine crop and normalisation,
+flip test, argmax + quarter-pixel decode and inverse affine (service.pipeline.PosePipeline), its ONNX Runtime
+backend, then the official rescoring (box score x mean of the keypoint scores above 0.2) and OKS-NMS at 0.9
+per image.
+
+Person boxes: by default the ground-truth boxes of the annotated persons (cleaned as in training, score 1),
+as the official USE_GT_BBOX test; with --detections, a COCO detection-results JSON (person category, every
+score >= --det-threshold, official IMAGE_THRE 0.0), as the official val2017 numbers (detector AP 56.4).
+
+With --url the model file is not opened: every image and its boxes are POSTed to a running service
+(/v1/pose, flip passed through) and its keypoints are scored by the same NMS and COCOeval, so what is
+measured is what is deployed. The two ways give the same stats for the same model.
+
+Prints the ten COCO stats (AP, AP .5, AP .75, AP (M), AP (L), AR, AR .5, AR .75, AR (M), AR (L)); --json-out
+writes them as JSON, --results-out the COCO keypoint results.
+"""
+
+EVALUATE_EPILOG = """\
+Examples:
+  python -m model_export evaluate --model models/hrnet_w32_256x192.onnx \\
+      --annotations coco/annotations/person_keypoints_val2017.json --images coco/val2017 \\
+      --detections COCO_val2017_detections_AP_H_56_person.json --json-out ap.json
+  python -m model_export evaluate --url http://127.0.0.1:8000 \\
+      --annotations ../shared/data/coco-mini/test_coco.json --images ../shared/data/coco-mini
+Official val2017 AP with detector boxes and flip test: W32 256x192 0.744, W48 384x288 0.763.
+"""
+
+
+def add_evaluate_parser(subparsers: Any) -> None:
+    """Register the `evaluate` subcommand on an argparse subparsers object."""
+    import argparse
+
+    parser = subparsers.add_parser(
+        "evaluate", help="COCO keypoint AP of an ONNX model (or a running service) with the service's pipeline",
+        description=EVALUATE_DESCRIPTION, epilog=EVALUATE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--model", type=Path, metavar="PATH.onnx",
+                        help="exported ONNX model (its card NAME.json beside it is read as the service reads it)")
+    target.add_argument("--url", metavar="URL",
+                        help="evaluate a running service instead, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--annotations", type=Path, required=True, metavar="FILE",
+                        help="COCO person-keypoints annotation JSON (e.g. person_keypoints_val2017.json)")
+    parser.add_argument("--images", type=Path, required=True, metavar="DIR",
+                        help="folder that the annotations' file_name entries are relative to")
+    parser.add_argument("--detections", type=Path, default=None, metavar="FILE",
+                        help="COCO detection results for the person boxes (default: ground-truth boxes)")
+    parser.add_argument("--det-threshold", type=float, default=DETECTION_SCORE_THRESHOLD, metavar="S",
+                        help=f"drop detections scored below S (default {DETECTION_SCORE_THRESHOLD}, official)")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                        help="flip test: average with the mirrored crop's heatmaps (default on, as official)")
+    parser.add_argument("--oks-threshold", type=float, default=OKS_NMS_THRESHOLD, metavar="T",
+                        help=f"OKS-NMS threshold per image (default {OKS_NMS_THRESHOLD}, official)")
+    parser.add_argument("--provider", choices=["auto", "cpu", "cuda", "tensorrt"], default="cpu",
+                        help="ONNX Runtime execution provider for --model (default cpu)")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="N",
+                        help="most crops per ONNX Runtime call for --model (default 8)")
+    parser.add_argument("--threads", type=int, default=0, metavar="N",
+                        help="ONNX Runtime intra-op threads for --model (default 0: all cores)")
+    parser.add_argument("--api-key", default=os.environ.get("POSE_API_KEY"), metavar="KEY",
+                        help="API key for --url (header X-API-Key; default env POSE_API_KEY)")
+    parser.add_argument("--max-boxes", type=int, default=SERVICE_MAX_BOXES, metavar="N",
+                        help=f"boxes per request with --url (the service's POSE_MAX_BOXES, default "
+                             f"{SERVICE_MAX_BOXES})")
+    parser.add_argument("--json-out", type=Path, default=None, metavar="FILE", help="write the stats as JSON")
+    parser.add_argument("--results-out", type=Path, default=None, metavar="FILE",
+                        help="write the COCO keypoint results (after NMS) as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run_evaluate_command, parser=parser)
+
+
+def run_evaluate_command(args: Any) -> int:
+    """Run `evaluate` from parsed arguments; returns the process exit code."""
+    from service.backend import ModelLoadError
+
+    for path, what in ((args.annotations, "annotation file"), (args.images, "image folder"),
+                       (args.detections, "detections file")):
+        if path is not None and not path.exists():
+            print(f"evaluate: {what} not found: {path}", file=sys.stderr)
+            return 2
+    runner = None
+    try:
+        if args.url:
+            runner = ServiceRunner(args.url, api_key=args.api_key, max_boxes=args.max_boxes)
+        else:
+            runner = LocalRunner.from_onnx(args.model, args.provider, args.batch_size, args.threads)
+        result = evaluate(args.annotations, args.images, runner, runner.card, args.detections, args.flip,
+                          args.det_threshold, args.oks_threshold, progress=not args.no_progress)
+    except (ModelLoadError, OSError, ValueError, RuntimeError) as error:
+        print(f"evaluate failed: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:  # httpx errors: the service is not there or answered nonsense
+        if type(error).__module__.startswith("httpx"):
+            print(f"evaluate failed: cannot talk to the service at {args.url}: {error}", file=sys.stderr)
+            return 1
+        raise
+    finally:
+        if isinstance(runner, ServiceRunner):
+            runner.close()
+    card = runner.card
+    what = args.url or str(args.model)
+    boxes = f"detections {args.detections}" if args.detections else "ground-truth boxes"
+    trained = "" if card.trained else "  (UNTRAINED model: these numbers are meaningless)"
+    print(f"COCO keypoint evaluation of {what} [{card.arch}]{trained}\n"
+          f"  {args.annotations}: {result.num_images} images, {result.num_boxes} person boxes ({boxes}), "
+          f"flip test {'on' if args.flip else 'off'}, {len(result.results)} persons after OKS-NMS")
+    if card.warning:
+        print(f"  model warning: {card.warning}")
+    print(format_stats(result.stats))
+    if args.json_out:
+        body = {**result.to_json(), "model": None if args.url else str(args.model), "url": args.url,
+                "annotations": str(args.annotations), "images": str(args.images),
+                "detections": None if args.detections is None else str(args.detections), "flip": args.flip,
+                "card": {"name": card.name, "arch": card.arch, "trained": card.trained, "warning": card.warning,
+                         "weights": card.weights.model_dump()}}
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(body, indent=2) + "\n")
+    if args.results_out:
+        args.results_out.parent.mkdir(parents=True, exist_ok=True)
+        args.results_out.write_text(json.dumps(result.results) + "\n")
+    return 0

@@ -1,0 +1,580 @@
+"""`python -m model_export train`: HRNet on COCO person keypoints, the official W32 experiment by default.
+
+Official recipe (leoxiaobin experiments/coco/hrnet/w32_256x192_adam_lr1e-3.yaml): Adam, lr 1e-3, the lr x0.1
+at epochs 170 and 200, 210 epochs, batch 32 per GPU (x4 GPUs there), JointsMSELoss with target weights, the
+augmentation of model_export.data (scale 0.35, rotation 45 deg with p 0.6, flip, half body p 0.3).
+
+A run writes into --output-dir: checkpoint.pt (after every epoch and when stopped by --max-steps; it carries
+the config, weights, optimizer, scheduler, AMP scaler, epoch, step and a summary of the training data, and
+`--resume` continues from it), best.pt (the best validation AP, when validating) and metrics.csv (one row per
+epoch: loss, lr, images/s, and the ten COCO stats when validated).
+
+Differences from the official loop, on purpose: the scheduler steps after each epoch (the official code calls
+it first, which with torch >= 1.1 drops the lr one epoch early and warns); AMP (float16 autocast + GradScaler)
+is on by default on GPU; augmentation randomness is per sample, seeded by (seed, epoch, index).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from model_export.checkpoint import CheckpointError, normalise_keys, read_checkpoint_file, unwrap_state_dict
+from model_export.configs import ARCHS, HRNetConfig, config_from_dict, get_config
+from model_export.data.dataset import (OFFICIAL_JOINT_WEIGHTS, Augmentation, CocoKeypointDataset,
+                                       load_person_records)
+from model_export.hrnet import HRNet, build_hrnet
+from model_export.loss import JointsMSELoss
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "hrnet-pose-training-checkpoint/1"
+CHECKPOINT_NAME = "checkpoint.pt"
+BEST_NAME = "best.pt"
+METRICS_NAME = "metrics.csv"
+DEFAULT_ARCH = "w32_256x192"
+STAT_COLUMNS = ("val_ap", "val_ap50", "val_ap75", "val_ap_m", "val_ap_l", "val_ar", "val_ar50", "val_ar75",
+                "val_ar_m", "val_ar_l")
+METRIC_COLUMNS = ("epoch", "step", "epoch_complete", "lr", "loss", "images", "seconds", "images_per_s",
+                  *STAT_COLUMNS)
+
+
+@dataclass
+class TrainSettings:
+    """Everything a run needs; the CLI fills it from its flags (see `train --help`)."""
+
+    annotations: Sequence[Path]
+    images: Sequence[Path]
+    output_dir: Path
+    arch: str | None = None  # None: the resumed checkpoint's config, else DEFAULT_ARCH
+    input_size: tuple[int, int] | None = None  # (height, width) override; heatmaps are a quarter of it
+    sigma: float | None = None  # Gaussian target sigma override (config: 2, 3 for 384x288)
+    val_annotations: Path | None = None
+    val_images: Path | None = None
+    val_detections: Path | None = None
+    val_every: int = 10
+    val_flip: bool = True
+    epochs: int = 210
+    batch_size: int = 32
+    lr: float = 1e-3
+    lr_steps: Sequence[int] = (170, 200)
+    lr_factor: float = 0.1
+    resume: Path | None = None
+    pretrained: Path | None = None
+    device: str = "auto"
+    amp: bool | None = None  # None: on for CUDA, off on CPU
+    max_steps: int | None = None
+    workers: int = 4
+    threads: int | None = None  # torch CPU threads (None: torch's default, one per core)
+    seed: int = 0
+    augment: bool = True
+    joint_weights: bool = False
+    cache_images: bool = False
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    step: int
+    epoch: int  # the next epoch to run
+    losses: list[float] = field(default_factory=list)  # every step of this run, in order
+    history: list[dict] = field(default_factory=list)  # the metrics.csv rows of this run
+    best_ap: float | None = None
+
+
+class EpochSampler(Sampler[int]):
+    """A permutation of the dataset drawn from (seed, epoch), starting at `start`: a resumed epoch continues
+    with exactly the samples it had not seen yet."""
+
+    def __init__(self, size: int, seed: int, epoch: int, start: int = 0) -> None:
+        self.order = np.random.default_rng((seed, epoch, 0x5A3)).permutation(size)[start:]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(int(i) for i in self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+# ---- set-up -------------------------------------------------------------------------------------------------
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def config_with_input(config: HRNetConfig, input_size: tuple[int, int] | None, sigma: float | None) -> HRNetConfig:
+    """The arch at another input size (heatmaps a quarter of it) and/or target sigma; renamed when resized."""
+    changes: dict[str, Any] = {}
+    if input_size is not None and tuple(input_size) != config.input_size:
+        height, width = (int(v) for v in input_size)
+        if height % 32 or width % 32:
+            raise ValueError(f"input size {height}x{width}: both sides must be multiples of 32 (the four "
+                             "branches halve the stride-4 heatmap three times)")
+        changes |= {"name": f"{config.name.split('_')[0]}_{height}x{width}", "input_size": (height, width),
+                    "heatmap_size": (height // 4, width // 4)}
+    if sigma is not None:
+        changes["sigma"] = float(sigma)
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def load_pretrained(model: HRNet, path: Path) -> None:
+    """Initialise from e.g. the official ImageNet HRNet (hrnet_w32-36af842e.pth): every tensor whose name and
+    shape match is loaded, the rest (classifier heads, the final heatmap layer) keeps the official init."""
+    state_dict, _ = unwrap_state_dict(read_checkpoint_file(path))
+    state_dict, _, _ = normalise_keys(state_dict)
+    own = model.state_dict()
+    matching = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
+    if not matching:
+        raise CheckpointError(f"{path}: no tensor matches the model by name and shape")
+    model.load_state_dict(matching, strict=False)
+    log.info("pretrained %s: %d of the model's %d tensors loaded, %d of the file's skipped", path, len(matching),
+             len(own), len(state_dict) - len(matching))
+
+
+def dataset_label(annotation_file: Path) -> str:
+    """'coco-mini/test_coco.json': the folder and file name, enough to say what a model was trained on."""
+    path = Path(annotation_file)
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def build_train_set(settings: TrainSettings, config: HRNetConfig) -> tuple[CocoKeypointDataset, list[dict]]:
+    """All annotation files' persons in one dataset, plus a description of each file for the checkpoint."""
+    if len(settings.annotations) != len(settings.images) or not settings.annotations:
+        raise ValueError("give one --images folder per --annotations file (and at least one of each)")
+    aspect = config.input_size[1] / config.input_size[0]
+    records, described = [], []
+    for annotation_file, image_dir in zip(settings.annotations, settings.images):
+        own = load_person_records(annotation_file, image_dir, aspect, config.num_joints)
+        records.extend(own)
+        described.append({"annotations": dataset_label(annotation_file), "persons": len(own),
+                          "images": len({r.image_id for r in own})})
+    if not records:
+        raise ValueError("the annotation files hold no person with keypoints")
+    dataset = CocoKeypointDataset(
+        records, config, augmentation=Augmentation() if settings.augment else None,
+        joint_weights=OFFICIAL_JOINT_WEIGHTS if settings.joint_weights else None, seed=settings.seed,
+        cache_images=settings.cache_images)
+    return dataset, described
+
+
+# ---- checkpoints and logs -----------------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Write atomically (temporary file, then rename), so an interrupted save never leaves a torn file."""
+    staging = path.with_name(path.name + ".partial")
+    torch.save(payload, staging)
+    os.replace(staging, path)
+
+
+def plain_settings(settings: TrainSettings) -> dict[str, Any]:
+    """The settings as plain values (weights-only checkpoints hold no Path objects)."""
+    out = {}
+    for key, value in dataclasses.asdict(settings).items():
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, (list, tuple)):
+            value = [str(v) if isinstance(v, Path) else v for v in value]
+        out[key] = value
+    return out
+
+
+class MetricsLog:
+    """metrics.csv in the run folder: appended to on resume, header written once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        if not path.exists() or path.stat().st_size == 0:
+            with path.open("w", newline="") as handle:
+                csv.writer(handle).writerow(METRIC_COLUMNS)
+
+    def write(self, row: dict[str, Any]) -> None:
+        with self.path.open("a", newline="") as handle:
+            csv.writer(handle).writerow([_csv_value(row.get(column)) for column in METRIC_COLUMNS])
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+# ---- validation ---------------------------------------------------------------------------------------------
+
+def validate(model: HRNet, config: HRNetConfig, settings: TrainSettings, device: torch.device,
+             amp: bool) -> dict[str, float]:
+    """COCO keypoint stats of the in-memory model through the service pipeline (model_export.evaluate)."""
+    from model_export.evaluate import LocalRunner, card_for_config, evaluate
+
+    @torch.no_grad()
+    def infer(batch: np.ndarray) -> np.ndarray:
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            maps = model(torch.from_numpy(batch).to(device))
+        return maps.float().cpu().numpy()
+
+    was_training = model.training
+    model.eval()
+    try:
+        card = card_for_config(config)
+        runner = LocalRunner(card, infer, max_batch=max(settings.batch_size, 8))
+        result = evaluate(settings.val_annotations, settings.val_images, runner, card, settings.val_detections,
+                          flip=settings.val_flip)
+    finally:
+        model.train(was_training)
+    return result.stats
+
+
+# ---- the loop -----------------------------------------------------------------------------------------------
+
+def train(settings: TrainSettings) -> TrainResult:
+    """Run (or resume) a training; returns where the checkpoint is and what the loss did."""
+    previous_threads = torch.get_num_threads()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    try:
+        return _train(settings)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in every checkpoint."""
+
+    epoch: int = 0  # the epoch in progress (or next)
+    epoch_step: int = 0  # steps done in it
+    step: int = 0  # optimiser steps in all
+    images_seen: int = 0
+    best_ap: float | None = None
+
+
+@dataclass
+class Run:
+    """The objects of one training run."""
+
+    settings: TrainSettings
+    config: HRNetConfig
+    model: HRNet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    amp: bool
+    progress: Progress
+    dataset: CocoKeypointDataset | None = None
+    described: list[dict] = field(default_factory=list)
+
+    def stop_requested(self) -> bool:
+        return self.settings.max_steps is not None and self.progress.step >= self.settings.max_steps
+
+    def checkpoint(self) -> dict:
+        p = self.progress
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "state_dict": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.amp else None,
+            "epoch": p.epoch, "epoch_step": p.epoch_step, "step": p.step, "best_ap": p.best_ap,
+            "training": {"steps": p.step, "epochs_completed": p.epoch, "images_seen": p.images_seen,
+                         "batch_size": self.settings.batch_size, "datasets": self.described,
+                         "persons": len(self.dataset) if self.dataset is not None else 0,
+                         "augmentation": self.settings.augment, "device": self.device.type, "amp": self.amp},
+            "settings": plain_settings(self.settings),
+        }
+
+
+def start_run(settings: TrainSettings) -> Run:
+    """Model, optimiser, schedule and AMP scaler: fresh (official init, optional --pretrained) or resumed."""
+    device = resolve_device(settings.device)
+    amp = device.type == "cuda" if settings.amp is None else bool(settings.amp)
+    if amp and device.type != "cuda":
+        raise ValueError("--amp needs a CUDA device")
+    torch.manual_seed(settings.seed)
+    resumed = read_checkpoint_file(settings.resume) if settings.resume else None
+    if resumed is not None:
+        if resumed.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{settings.resume} is not a training checkpoint of this trainer (use "
+                                  "--pretrained to start from other weights)")
+        config = config_from_dict(resumed["config"])
+        if settings.arch is not None and get_config(settings.arch).stages != config.stages:
+            raise ValueError(f"--arch {settings.arch} but the checkpoint holds {config.name}")
+    else:
+        config = config_with_input(get_config(settings.arch or DEFAULT_ARCH), settings.input_size, settings.sigma)
+
+    model = build_hrnet(config, seed=settings.seed)
+    if settings.pretrained and resumed is None:
+        load_pretrained(model, settings.pretrained)
+    if resumed is not None:
+        model.load_state_dict(resumed["state_dict"], strict=True)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(settings.lr_steps), settings.lr_factor)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    progress = Progress()
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        if amp and resumed.get("scaler"):
+            scaler.load_state_dict(resumed["scaler"])
+        progress = Progress(int(resumed["epoch"]), int(resumed["epoch_step"]), int(resumed["step"]),
+                            int(resumed.get("training", {}).get("images_seen", 0)), resumed.get("best_ap"))
+        log.info("resumed %s at epoch %d, step %d", settings.resume, progress.epoch + 1, progress.step)
+    return Run(settings, config, model, optimizer, scheduler, scaler, device, amp, progress)
+
+
+def run_epoch(run: Run, loss_fn: nn.Module, steps_per_epoch: int, losses: list[float]) -> dict[str, Any]:
+    """Train the rest of the current epoch (or until --max-steps); returns its metrics row."""
+    settings, progress, device = run.settings, run.progress, run.device
+    run.dataset.set_epoch(progress.epoch)
+    sampler = EpochSampler(len(run.dataset), settings.seed, progress.epoch,
+                           start=progress.epoch_step * settings.batch_size)
+    loader = DataLoader(run.dataset, batch_size=settings.batch_size, sampler=sampler, num_workers=settings.workers,
+                        pin_memory=device.type == "cuda", drop_last=False)
+    run.model.train()
+    started, images, loss_sum, loss_count = time.perf_counter(), 0, 0.0, 0
+    bar = _progress_bar(settings, total=steps_per_epoch, initial=progress.epoch_step,
+                        desc=f"epoch {progress.epoch + 1}/{settings.epochs}")
+    for batch in loader:
+        inputs = batch["input"].to(device, non_blocking=True)
+        target = batch["target"].to(device, non_blocking=True)
+        weight = batch["target_weight"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=run.amp):
+            outputs = run.model(inputs)
+        loss = loss_fn(outputs, target, weight)  # float32 even under autocast
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"the loss is {value} at step {progress.step + 1}: stopping (lower --lr?)")
+        progress.step, progress.epoch_step = progress.step + 1, progress.epoch_step + 1
+        progress.images_seen += len(inputs)
+        images, loss_sum, loss_count = images + len(inputs), loss_sum + value, loss_count + 1
+        losses.append(value)
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss_sum / loss_count:.3g}",
+                            img_s=f"{images / (time.perf_counter() - started):.1f}",
+                            lr=f"{run.optimizer.param_groups[0]['lr']:.1e}", refresh=False)
+            bar.update(1)
+        if run.stop_requested():
+            break
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - started
+    return {"epoch": progress.epoch + 1, "step": progress.step,
+            "epoch_complete": int(progress.epoch_step >= steps_per_epoch),
+            "lr": run.optimizer.param_groups[0]["lr"], "loss": loss_sum / loss_count if loss_count else None,
+            "images": images, "seconds": seconds, "images_per_s": images / seconds if seconds > 0 else None}
+
+
+def _train(settings: TrainSettings) -> TrainResult:
+    output_dir = Path(settings.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    run = start_run(settings)
+    run.dataset, run.described = build_train_set(settings, run.config)
+    loss_fn = JointsMSELoss(use_target_weight=True)
+    metrics = MetricsLog(output_dir / METRICS_NAME)
+    steps_per_epoch = math.ceil(len(run.dataset) / settings.batch_size)
+    log.info("training %s (%dx%d input) on %d persons (%s), %d steps/epoch, device %s%s", run.config.name,
+             *run.config.input_size, len(run.dataset), ", ".join(d["annotations"] for d in run.described),
+             steps_per_epoch, run.device, ", AMP" if run.amp else "")
+    result = TrainResult(checkpoint=output_dir / CHECKPOINT_NAME, step=run.progress.step, epoch=run.progress.epoch)
+
+    while run.progress.epoch < settings.epochs and not run.stop_requested():
+        row = run_epoch(run, loss_fn, steps_per_epoch, result.losses)
+        improved = False
+        if row["epoch_complete"]:
+            run.progress.epoch, run.progress.epoch_step = run.progress.epoch + 1, 0
+            run.scheduler.step()
+            improved = _maybe_validate(run, row)
+        metrics.write(row)
+        result.history.append(row)
+        save_checkpoint(output_dir / CHECKPOINT_NAME, run.checkpoint())
+        if improved:
+            save_checkpoint(output_dir / BEST_NAME, run.checkpoint())
+        log.info("epoch %d%s: loss %.4g, %.1f images/s%s, checkpoint %s", row["epoch"],
+                 "" if row["epoch_complete"] else f" (stopped at step {row['step']})",
+                 row["loss"] if row["loss"] is not None else float("nan"), row["images_per_s"] or 0.0,
+                 f", val AP {row['val_ap']:.4f}" if row.get("val_ap") is not None else "", result.checkpoint)
+    if not result.checkpoint.exists():  # nothing left to run (e.g. resumed at the end) into a new folder
+        save_checkpoint(result.checkpoint, run.checkpoint())
+    result.step, result.epoch, result.best_ap = run.progress.step, run.progress.epoch, run.progress.best_ap
+    return result
+
+
+def _maybe_validate(run: Run, row: dict) -> bool:
+    """Validate every --val-every epochs and after the last; fills the row's stats; True on a new best AP."""
+    settings, epochs_done = run.settings, run.progress.epoch
+    if settings.val_annotations is None:
+        return False
+    if epochs_done % max(settings.val_every, 1) and epochs_done != settings.epochs:
+        return False
+    stats = validate(run.model, run.config, settings, run.device, run.amp)
+    row.update(zip(STAT_COLUMNS, stats.values()))
+    if run.progress.best_ap is None or stats["AP"] > run.progress.best_ap:
+        run.progress.best_ap = stats["AP"]
+        return True
+    return False
+
+
+def _progress_bar(settings: TrainSettings, total: int, initial: int, desc: str):
+
+    if not settings.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="batch", dynamic_ncols=True, mininterval=1.0)
+
+
+# ---- command line (`python -m model_export train ...`) -------------------------------------------------------
+
+TRAIN_DESCRIPTION = f"""\
+Train HRNet on COCO person keypoints. The defaults are the official W32 experiment
+(w32_256x192_adam_lr1e-3): Adam lr 1e-3, lr x0.1 at epochs 170 and 200 of 210, batch 32, Gaussian heatmap
+targets (sigma 2; 3 for 384x288) with JointsMSELoss and target weights, augmentation: random scale 0.35,
+rotation 45 deg (p 0.6), horizontal flip, half body (p 0.3, > 8 joints). The crops and targets are built with
+the service's own geometry (service.geometry, service.heatmaps), so training matches serving.
+
+Output folder (--output-dir):
+  {CHECKPOINT_NAME}  after every epoch and when --max-steps stops the run: config, weights, optimizer,
+                 scheduler, AMP scaler, epoch/step and what it was trained on. --resume continues it;
+                 `python -m model_export export --checkpoint DIR/{CHECKPOINT_NAME}` turns it into ONNX + card.
+  {BEST_NAME}        the best validation AP so far (only with --val-annotations).
+  {METRICS_NAME}    one row per epoch: loss, lr, images/s, the ten COCO stats when validated.
+A progress bar shows the running loss and images/s.
+"""
+
+TRAIN_EPILOG = """\
+Examples:
+  # the official W32 recipe on COCO train2017, validated on val2017 every 10 epochs (GT boxes)
+  python -m model_export train --arch w32_256x192 \\
+      --annotations coco/annotations/person_keypoints_train2017.json --images coco/train2017 \\
+      --val-annotations coco/annotations/person_keypoints_val2017.json --val-images coco/val2017 \\
+      --output-dir runs/w32 --workers 8
+  python -m model_export train --resume runs/w32/checkpoint.pt --annotations ... --images ... --output-dir runs/w32
+  # a smoke test of the loop on the shared mini sets
+  python -m model_export train --arch tiny --input-size 128 96 --no-augment \\
+      --annotations ../shared/data/coco-mini/test_coco.json --images ../shared/data/coco-mini \\
+      --output-dir runs/smoke --epochs 5 --batch-size 8 --workers 0
+A model trained on a few images is a test of the loop, not a pose model: its exported card says so.
+"""
+
+
+def add_train_parser(subparsers: Any) -> None:
+    """Register the `train` subcommand on an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "train", help="train HRNet on COCO keypoints (official W32 recipe by default)",
+        description=TRAIN_DESCRIPTION, epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--annotations", type=Path, action="append", required=True, metavar="FILE",
+                      help="COCO person-keypoints annotation JSON; repeat to train on several (with one --images "
+                           "each, in the same order)")
+    data.add_argument("--images", type=Path, action="append", required=True, metavar="DIR",
+                      help="folder that the annotation file's file_name entries are relative to")
+    data.add_argument("--val-annotations", type=Path, default=None, metavar="FILE",
+                      help="validation annotations: COCO keypoint AP through the service pipeline")
+    data.add_argument("--val-images", type=Path, default=None, metavar="DIR", help="validation image folder")
+    data.add_argument("--val-detections", type=Path, default=None, metavar="FILE",
+                      help="person detections for validation (default: ground-truth boxes)")
+    data.add_argument("--val-every", type=int, default=10, metavar="N",
+                      help="validate every N epochs and after the last (default 10)")
+    data.add_argument("--val-flip", action=argparse.BooleanOptionalAction, default=True,
+                      help="flip test in validation (default on)")
+    data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                      help="random scale/rotation/flip/half body (default on; --no-augment for fixed crops)")
+    data.add_argument("--joint-weights", action="store_true",
+                      help="the official per-joint loss weights (x1.2 elbows/knees, x1.5 wrists/ankles)")
+    data.add_argument("--cache-images", action="store_true",
+                      help="keep decoded images in memory (small sets only: smoke runs and tests)")
+    data.add_argument("--workers", type=int, default=4, metavar="N", help="DataLoader worker processes (default 4)")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--arch", choices=ARCHS, default=None,
+                       help=f"architecture (default {DEFAULT_ARCH}; with --resume, the checkpoint's)")
+    model.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                       help="another input size, multiples of 32 (heatmaps H/4 x W/4), e.g. 128 96 for fast tests")
+    model.add_argument("--sigma", type=float, default=None,
+                       help="Gaussian target sigma in heatmap pixels (default: the arch's, 2 or 3)")
+    model.add_argument("--pretrained", type=Path, default=None, metavar="PATH",
+                       help="initialise from weights that match by name and shape (e.g. the ImageNet HRNet)")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=int, default=210, help="epochs in all (default 210)")
+    optim.add_argument("--batch-size", type=int, default=32, metavar="N", help="persons per step (default 32)")
+    optim.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    optim.add_argument("--lr-steps", type=int, nargs="+", default=[170, 200], metavar="EPOCH",
+                       help="epochs after which the lr is multiplied by --lr-factor (default 170 200)")
+    optim.add_argument("--lr-factor", type=float, default=0.1, help="lr step factor (default 0.1)")
+    optim.add_argument("--max-steps", type=int, default=None, metavar="N",
+                       help="stop after N optimiser steps in all (counting resumed ones); a checkpoint is written")
+    optim.add_argument("--seed", type=int, default=0, help="seed of the init, sample order and augmentation")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--output-dir", type=Path, required=True, metavar="DIR", help="run folder, e.g. runs/w32")
+    run.add_argument("--resume", type=Path, default=None, metavar="CKPT",
+                     help="continue a run from its checkpoint.pt (weights, optimizer, scheduler, epoch, step)")
+    run.add_argument("--threads", type=int, default=None, metavar="N",
+                     help="torch CPU threads (default: one per core; 1 is much faster on a CPU shared with "
+                          "other busy processes)")
+    run.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                     help="auto: CUDA when torch sees a GPU, else CPU")
+    run.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                     help="float16 autocast + GradScaler (default: on with CUDA, off on CPU)")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                     help="progress bar with loss and images/s (default on)")
+    parser.set_defaults(run=run_train_command, parser=parser)
+
+
+def settings_from_args(args: argparse.Namespace) -> TrainSettings:
+    names = {f.name for f in dataclasses.fields(TrainSettings)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    if values.get("input_size") is not None:
+        values["input_size"] = tuple(values["input_size"])
+    values["lr_steps"] = tuple(values["lr_steps"])
+    return TrainSettings(**values)
+
+
+def run_train_command(args: argparse.Namespace) -> int:
+    """Run `train` from parsed arguments; returns the process exit code."""
+    if len(args.annotations) != len(args.images):
+        args.parser.error("give one --images folder per --annotations file")
+    if (args.val_annotations is None) != (args.val_images is None):
+        args.parser.error("--val-annotations and --val-images go together")
+    for path in [*args.annotations, *args.images, args.val_annotations, args.val_images, args.resume]:
+        if path is not None and not path.exists():
+            print(f"train: not found: {path}", file=sys.stderr)
+            return 2
+    try:
+        result = train(settings_from_args(args))
+    except (CheckpointError, ValueError, FloatingPointError, OSError) as error:
+        print(f"train failed: {error}", file=sys.stderr)
+        return 1
+    last = result.history[-1]["loss"] if result.history and result.history[-1]["loss"] is not None else float("nan")
+    print(f"trained to step {result.step} (epoch {result.epoch}); last epoch's mean loss {last:.4g}; "
+          f"checkpoint {result.checkpoint}" + (f"; best val AP {result.best_ap:.4f}" if result.best_ap is not None
+                                               else ""))
+    return 0
