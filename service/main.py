@@ -57,7 +57,7 @@ def load_model(settings: Settings) -> LoadedModel:
         raise ModelLoadError(f"model file not found: {path}; " + EXPORT_HINT.format(path=path))
     try:
         backend = OrtBackend(path, settings.provider, settings.intra_op_threads, settings.max_batch_size,
-                             settings.trt_cache_dir, settings.trt_fp16)
+                             settings.trt_cache_dir, settings.trt_fp16, settings.ort_spin)
     except ModelLoadError as exc:
         raise ModelLoadError(f"{exc}; " + EXPORT_HINT.format(path=path)) from None
     card, found = read_card(path, backend)
@@ -151,6 +151,8 @@ async def stop_serving(state: ServiceState) -> None:
     begin_drain(state)
     if state.batcher is not None:
         await asyncio.to_thread(state.batcher.close)
+    if state.pipeline is not None:
+        state.pipeline.close()
 
 
 def begin_drain(state: ServiceState) -> None:

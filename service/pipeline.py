@@ -7,7 +7,11 @@ decode -> boxes -> center/scale -> affine crops -> normalise (one worker thread,
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cv2
@@ -95,6 +99,11 @@ class PosePipeline:
         # Crops are small and already run in parallel request threads; OpenCV's own thread pool would only
         # contend with ONNX Runtime's threads for the same cores.
         cv2.setNumThreads(1)
+        self.executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="pose-prepare",
+                                           initializer=_yield_to_inference)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False)
 
     # -- CPU-bound preparation (runs in a worker thread) -------------------------------------------
     def prepare(self, data: bytes, boxes: np.ndarray | None, flip: bool) -> Prepared:
@@ -142,7 +151,9 @@ class PosePipeline:
         deadline = time.monotonic() + self.request_timeout_s
         announcement = self.batcher.announce()
         try:
-            prepared = await asyncio.to_thread(self.prepare, data, boxes, flip)
+            context = contextvars.copy_context()  # keeps the request ID for any log line
+            prepared = await asyncio.get_running_loop().run_in_executor(
+                self.executor, context.run, self.prepare, data, boxes, flip)
         except BaseException:
             announcement.release()
             raise
@@ -159,3 +170,13 @@ class PosePipeline:
         persons = self.decode(prepared, maps)
         timings["postprocess"] = time.perf_counter() - started
         return PoseResult(prepared, persons, timings)
+
+
+def _yield_to_inference() -> None:
+    """Preparation threads run at a lower CPU priority than inference. On a CPU-only host both compete for the
+    same cores; ONNX Runtime splits each op across its threads and waits for the slowest, so a preparation
+    thread that preempts one of them stalls them all. Niced, preparation fills the gaps instead."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
+        pass

@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: all cores).")
     trt_cache_dir: Path | None = Field(None, description="TensorRT engine cache directory.")
     trt_fp16: bool = Field(False, description="Let TensorRT build FP16 engines.")
+    ort_spin: bool = Field(True, description="Let ONNX Runtime's CPU threads spin between ops (lower latency; "
+                           "off leaves more CPU to request preprocessing).")
 
     # pipeline
     flip_test: bool = Field(False, description="Default for the flip query parameter (2x compute, ~+1 AP).")
