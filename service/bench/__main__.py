@@ -20,11 +20,12 @@ import onnxruntime
 
 from service.backend import OrtBackend
 from service.bench import baselines
-from service.bench.http_load import http_load, peak_rss_bytes, running_service, stage_means_ms
+from service.bench.http_load import http_load, peak_rss_bytes, running_service, stage_means_ms, stage_totals
 from service.bench.stats import Phase
 from service.bench.workload import DEFAULT_PEOPLE_DIR, load_photos
 from service.main import read_card
 
+STAGE_ORDER = ("decode", "preprocess", "queue", "inference", "postprocess")
 TARGETS = {  # issue 4, 2-core CPU, W32 256x192
     "service_over_ceiling": 0.95,
     "service_over_torch_eager": 1.7,
@@ -39,8 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, default=Path("models/hrnet_w32_256x192.onnx"))
     parser.add_argument("--people", type=Path, default=DEFAULT_PEOPLE_DIR, help="photos + boxes.json")
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=15.0, help="length of each service phase")
-    parser.add_argument("--baseline-seconds", type=float, default=8.0, help="length of each baseline phase")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of every phase")
+    parser.add_argument("--slice-seconds", type=float, default=4.0, help="length of one phase in one round")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument("--skip-torch", action="store_true", help="skip the PyTorch eager baseline")
@@ -48,34 +49,54 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def measure(args) -> dict:
+    """Every phase runs a short slice in each of `--rounds` interleaved rounds and is pooled across them, so
+    drift on a shared machine hits the service and its baselines alike. The server idles (no CPU) while the
+    in-process baselines run."""
     single, multi = load_photos(args.people)
     backend = OrtBackend(args.model, "cpu", max_batch=args.max_batch_size)
     card, _ = read_card(args.model, backend)
-    phases: dict[str, Phase] = {}
-    best, sweep, batch1 = baselines.ceiling(backend, budget_s=2 * args.baseline_seconds)
-    phases["ceiling"] = best
-    phases["model_batch1"] = batch1
+    best, sweep = baselines.best_batch_size(backend, budget_s=4 * args.slice_seconds)
     ort_one = baselines.ort_per_crop_infer(args.model)
-    phases["ort_per_crop_single"] = baselines.per_crop_pipeline("(d) ORT per crop, single-person", single, card,
-                                                                ort_one, args.baseline_seconds)
-    phases["ort_per_crop_multi"] = baselines.per_crop_pipeline("(d) ORT per crop, multi-person", multi, card,
-                                                               ort_one, args.baseline_seconds)
-    del ort_one, backend
     torch_one = None if args.skip_torch else baselines.torch_eager_infer(card)
-    if torch_one is not None:
-        phases["torch_per_crop_single"] = baselines.per_crop_pipeline("(c) PyTorch eager per crop, single-person",
-                                                                      single, card, torch_one, args.baseline_seconds)
-        phases["torch_per_crop_multi"] = baselines.per_crop_pipeline("(c) PyTorch eager per crop, multi-person",
-                                                                     multi, card, torch_one, args.baseline_seconds)
-    del torch_one
+    n, t = args.clients, args.slice_seconds
     env = {"POSE_MAX_BATCH_SIZE": str(args.max_batch_size), "POSE_MAX_QUEUE_CROPS": "256"}
+    phases: dict[str, Phase] = {}
+    stage_sums: dict[str, dict] = {}  # per service phase: stage -> [seconds, requests], over all rounds
+
+    def run(key: str, phase: Phase) -> None:
+        phases[key] = phases[key].add(phase) if key in phases else phase
+
+    def run_service(key: str, name: str, photos, clients: int) -> None:
+        before = stage_totals(url)
+        run(key, http_load(url, name, photos, clients, t))
+        after = stage_totals(url)
+        sums = stage_sums.setdefault(key, {})
+        for stage, (seconds, count) in after.items():
+            seconds0, count0 = before.get(stage, (0.0, 0.0))
+            total = sums.setdefault(stage, [0.0, 0.0])
+            total[0] += seconds - seconds0
+            total[1] += count - count0
+
     with running_service(args.model, env) as (url, pid):
-        phases["service_1c_single"] = http_load(url, "(b) service, 1 client, single-person", single, 1, args.seconds)
-        n = args.clients
-        phases["service_single"] = http_load(url, f"(b) service, {n} clients, single-person", single, n, args.seconds)
-        phases["service_multi"] = http_load(url, f"(b) service, {n} clients, multi-person", multi, n, args.seconds)
-        stages = stage_means_ms(url)
+        for _ in range(args.rounds):
+            run("ceiling", baselines.model_only(backend, best, t))
+            run("model_batch1", baselines.model_only(backend, 1, t))
+            run("ort_per_crop_single", baselines.per_crop_pipeline("(d) ORT per crop, single-person", single, card,
+                                                                   ort_one, t))
+            run("ort_per_crop_multi", baselines.per_crop_pipeline("(d) ORT per crop, multi-person", multi, card,
+                                                                  ort_one, t))
+            if torch_one is not None:
+                run("torch_per_crop_single", baselines.per_crop_pipeline(
+                    "(c) PyTorch eager per crop, single-person", single, card, torch_one, t))
+                run("torch_per_crop_multi", baselines.per_crop_pipeline(
+                    "(c) PyTorch eager per crop, multi-person", multi, card, torch_one, t))
+            run_service("service_1c_single", "(b) service, 1 client, single-person", single, 1)
+            run_service("service_single", f"(b) service, {n} clients, single-person", single, n)
+            run_service("service_multi", f"(b) service, {n} clients, multi-person", multi, n)
         rss = peak_rss_bytes(pid)
+    stages = {key: stage_means_ms({}, {s: tuple(v) for s, v in sums.items()}) for key, sums in stage_sums.items()}
+    phases["ceiling"].name = f"(a) ceiling: raw ORT, best batch size ({best})"
+    phases["model_batch1"].name = "raw ORT, batch 1 (single-crop model latency)"
     return {"phases": phases, "sweep": sweep, "stages_ms": stages, "peak_rss_bytes": rss, "card": card}
 
 
@@ -115,8 +136,12 @@ def markdown(result: dict, r: dict[str, float], v: dict[str, bool], env: dict) -
         s = phase.summary()
         lines.append(f"| {s['name']} | {s['crops_per_s']} | {s['requests_per_s']} | {s['p50_ms']} | {s['p95_ms']} | "
                      f"{s['p99_ms']} |")
-    lines += ["", f"Ceiling sweep (crops/s by batch size): {result['sweep']}",
-              f"Service stage means (ms per request): {result['stages_ms']}",
+    lines += ["", f"Ceiling sweep (crops/s by batch size): {result['sweep']}", "",
+              "Where a service request's time goes (mean ms per request, by stage):", "",
+              "| phase | " + " | ".join(STAGE_ORDER) + " |", "|---|" + "---:|" * len(STAGE_ORDER)]
+    for key, means in result["stages_ms"].items():
+        lines.append(f"| {result['phases'][key].name} | " + " | ".join(str(means.get(s, "")) for s in STAGE_ORDER) + " |")
+    lines += ["",
               f"Service peak RSS: {result['peak_rss_bytes'] / 2**30:.2f} GB", "",
               "| ratio | value |", "|---|---:|"]
     lines += [f"| {k} | {val} |" for k, val in r.items()]

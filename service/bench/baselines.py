@@ -18,25 +18,25 @@ from service.imaging import decode_image
 from service.modelcard import ModelCard
 
 
-def ceiling(backend: OrtBackend, budget_s: float, batch_sizes=(1, 2, 4, 8)) -> tuple[Phase, dict[int, float], Phase]:
-    """Model-only throughput at each batch size: (the best batch size, the sweep, batch size 1)."""
-    sweep: dict[int, float] = {}
-    phases: dict[int, Phase] = {}
+def model_only(backend: OrtBackend, batch_size: int, budget_s: float) -> Phase:
+    """Raw ONNX Runtime on ready-made crops: no decode, no HTTP, no queue."""
     height, width = backend.input_hw
-    for size in [s for s in batch_sizes if s <= backend.max_batch_size]:
-        batch = np.random.default_rng(0).standard_normal((size, 3, height, width), dtype=np.float32)
+    batch = np.random.default_rng(0).standard_normal((batch_size, 3, height, width), dtype=np.float32)
+    backend.infer(batch)
+    latencies, started = [], time.perf_counter()
+    while time.perf_counter() - started < budget_s:
+        t = time.perf_counter()
         backend.infer(batch)
-        latencies, started = [], time.perf_counter()
-        while time.perf_counter() - started < budget_s / len(batch_sizes):
-            t = time.perf_counter()
-            backend.infer(batch)
-            latencies.append(time.perf_counter() - t)
-        elapsed = time.perf_counter() - started
-        phases[size] = Phase(f"ceiling: raw ORT, batch {size}", len(latencies), size * len(latencies), elapsed,
-                             latencies)
-        sweep[size] = round(phases[size].crops_per_s, 2)
-    best = max(phases.values(), key=lambda p: p.crops_per_s)
-    return best, sweep, phases[min(phases)]
+        latencies.append(time.perf_counter() - t)
+    return Phase(f"raw ORT, batch {batch_size}", len(latencies), batch_size * len(latencies),
+                 time.perf_counter() - started, latencies)
+
+
+def best_batch_size(backend: OrtBackend, budget_s: float, batch_sizes=(1, 2, 4, 8)) -> tuple[int, dict[int, float]]:
+    """The ceiling's batch size: the fastest of a short sweep (crops/s by batch size)."""
+    sizes = [s for s in batch_sizes if s <= backend.max_batch_size]
+    sweep = {size: round(model_only(backend, size, budget_s / len(sizes)).crops_per_s, 2) for size in sizes}
+    return max(sweep, key=sweep.get), sweep
 
 
 def per_crop_pipeline(name: str, photos: list[Photo], card: ModelCard, infer_one: Callable[[np.ndarray], np.ndarray],

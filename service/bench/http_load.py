@@ -136,14 +136,23 @@ def http_load(url: str, name: str, photos: list[Photo], clients: int, seconds: f
     return asyncio.run(_load(url, name, photos, clients, seconds))
 
 
-def stage_means_ms(url: str) -> dict[str, float]:
-    """Mean per-request latency of each pipeline stage, from the service's own /metrics."""
-    sums: dict[str, float] = {}
-    counts: dict[str, float] = {}
+def stage_totals(url: str) -> dict[str, tuple[float, float]]:
+    """Per pipeline stage: (sum of seconds, count of requests) so far, from the service's own /metrics."""
+    totals: dict[str, list[float]] = {}
     for line in httpx.get(f"{url}/metrics").text.splitlines():
-        for suffix, store in (("_sum", sums), ("_count", counts)):
+        for index, suffix in enumerate(("_sum", "_count")):
             prefix = f"pose_stage_duration_seconds{suffix}{{stage=\""
             if line.startswith(prefix):
                 stage = line[len(prefix):].split('"')[0]
-                store[stage] = float(line.rsplit(" ", 1)[1])
-    return {s: round(1000 * sums[s] / counts[s], 2) for s in sums if counts.get(s)}
+                totals.setdefault(stage, [0.0, 0.0])[index] = float(line.rsplit(" ", 1)[1])
+    return {stage: (total[0], total[1]) for stage, total in totals.items()}
+
+
+def stage_means_ms(before: dict, after: dict) -> dict[str, float]:
+    """Mean milliseconds per request of each stage between two `stage_totals` snapshots."""
+    means = {}
+    for stage, (seconds, count) in after.items():
+        seconds0, count0 = before.get(stage, (0.0, 0.0))
+        if count > count0:
+            means[stage] = round(1000 * (seconds - seconds0) / (count - count0), 2)
+    return means

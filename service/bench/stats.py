@@ -16,6 +16,15 @@ class Phase:
     latencies_s: list[float]
     errors: int = 0
 
+    def add(self, other: Phase) -> Phase:
+        """Pool another measurement of the same phase (rounds are interleaved to cancel machine drift)."""
+        self.requests += other.requests
+        self.crops += other.crops
+        self.seconds += other.seconds
+        self.latencies_s += other.latencies_s
+        self.errors += other.errors
+        return self
+
     @property
     def crops_per_s(self) -> float:
         return self.crops / self.seconds
