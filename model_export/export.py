@@ -202,8 +202,12 @@ def export_onnx(
     seed: int = 0,
     opset: int = MIN_OPSET,
     check_batches: Sequence[int] = CHECK_BATCHES,
+    fp16: bool = False,
 ) -> ModelCard:
     """Export HRNet to `output` (.onnx) plus its model card (.json beside it); returns the card.
+
+    With `fp16`, the FP32 export is verified against torch first, then converted to FP16 weights and arithmetic
+    (float32 input/output) and verified against the FP32 model (model_export.fp16).
 
     `checkpoint` is a path or an already-loaded checkpoint object. Without it the weights are the official
     random init from `seed`: an UNTRAINED model whose keypoints are meaningless, marked so in the card and
@@ -235,6 +239,8 @@ def export_onnx(
         write_onnx(model, config, staging, opset)
         annotate_onnx(staging, config, trained)
         check = compare_with_torch(staging, model, config, check_batches)
+        if fp16:
+            check |= make_fp16(staging, config, check_batches)
         os.replace(staging, output)
     finally:
         staging.unlink(missing_ok=True)
@@ -246,6 +252,26 @@ def export_onnx(
     card.write(card_path_for(output))
     export_log.info("model card written to %s", card_path_for(output))
     return card
+
+
+def make_fp16(path: Path, config: HRNetConfig, batches: Sequence[int]) -> dict[str, Any]:
+    """Replace the verified FP32 file at `path` by its FP16 form, if that stays within tolerance of it."""
+    from model_export.fp16 import FP16_RELATIVE_TOLERANCE, compare_fp16, convert_to_fp16
+
+    half = path.with_name(path.name + ".fp16")
+    try:
+        convert_to_fp16(path, half)
+        generator = torch.Generator().manual_seed(CHECK_SEED)
+        inputs = [torch.randn(b, 3, *config.input_size, generator=generator).numpy() for b in batches]
+        check = compare_fp16(path, half, inputs)
+        if not check["fp16_ok"]:
+            raise ExportCheckFailed(
+                f"FP16 differs from FP32 by {check['fp16_max_abs_diff']:.3g}, over {FP16_RELATIVE_TOLERANCE:g} x max "
+                f"|output| ({check['fp16_max_abs_output']:.3g}); keep the FP32 export for this model")
+        os.replace(half, path)
+        return check
+    finally:
+        half.unlink(missing_ok=True)
 
 
 # ---- command line (`python -m model_export export ...`) ----
@@ -304,6 +330,9 @@ def add_export_parser(subparsers: Any) -> None:
                         help="NAME.onnx to write; the card goes to NAME.json (default models/hrnet_ARCH.onnx)")
     parser.add_argument("--opset", type=int, default=MIN_OPSET,
                         help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {MIN_OPSET})")
+    parser.add_argument("--fp16", action="store_true",
+                        help="FP16 weights and arithmetic with float32 input/output, for GPUs; kept only if within "
+                             "1e-2 x max |output| of the verified FP32 export on the check batches")
     parser.set_defaults(run=run_export_command, parser=parser)
 
 
@@ -321,7 +350,7 @@ def run_export_command(args: Any) -> int:
             carried = read_checkpoint_config(args.checkpoint) if args.arch is None else None
             output = Path("models") / f"hrnet_{args.arch or (carried.name if carried else 'model')}.onnx"
         card = export_onnx(args.arch, output, checkpoint=args.checkpoint,
-                           seed=0 if args.seed is None else args.seed, opset=args.opset)
+                           seed=0 if args.seed is None else args.seed, opset=args.opset, fp16=args.fp16)
     except (CheckpointError, ExportCheckFailed, ValueError, KeyError, OSError) as error:
         untrained = "UNTRAINED model: " if args.random_init else ""
         print(f"{untrained}export failed: {error}", file=sys.stderr)
