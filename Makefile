@@ -32,7 +32,7 @@ $(MODEL): | $(VENV)/.installed
 
 model: $(MODEL)
 
-serve: $(MODEL)
+serve: $(VENV)/.installed $(MODEL)
 	$(PY) -m service --model $(MODEL) --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.installed
@@ -41,5 +41,5 @@ test: $(VENV)/.installed
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -m slow
 
-bench: $(MODEL)
+bench: $(VENV)/.installed $(MODEL)
 	$(PY) -m service.bench --model $(MODEL)
