@@ -178,7 +178,13 @@ class MicroBatcher:
                 slices = self._take_batch()
                 self._publish_depth()
             if slices:
-                self._run(slices)
+                try:
+                    self._run(slices)
+                except BaseException as exc:  # never let the worker die: nobody would serve the queue again
+                    log.exception("batch bookkeeping failed")
+                    with self._cond:
+                        for job, _, _ in slices:
+                            self._fail(job, PoseError("inference_failed", f"batch failed: {type(exc).__name__}"))
 
     def _wait_for_fill(self) -> None:
         """Hold the batch open while it is not full, someone announced crops, and max_wait allows."""
@@ -216,6 +222,8 @@ class MicroBatcher:
         started = time.perf_counter()
         try:
             heatmaps = self._infer(batch)
+            if len(heatmaps) != len(batch):  # numpy would broadcast a short answer into wrong results
+                raise RuntimeError(f"the backend returned {len(heatmaps)} heatmaps for {len(batch)} crops")
         except Exception as exc:  # isolate: retry each job's crops alone
             if len(slices) > 1:
                 for one in slices:

@@ -191,6 +191,11 @@ def heatmap_to_image(
     return apply_affine(points_hm, inverse)
 
 
+# Detector scores are probabilities or logits; a larger one is a mistake and would overflow the rescored
+# person score (box score x mean keypoint score) to infinity.
+MAX_BOX_SCORE = 1e6
+
+
 def validate_boxes(
     boxes: np.ndarray | Sequence[Sequence[float]], image_wh: Sequence[int], max_boxes: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -221,6 +226,7 @@ def validate_boxes(
         ((x >= image_w) | (y >= image_h) | (x + w <= 0) | (y + h <= 0),
          f"lies entirely outside the {image_w:g}x{image_h:g} image"),
         (scores < 0, "has a negative score"),
+        (scores > MAX_BOX_SCORE, f"has a score over {MAX_BOX_SCORE:g}"),
     )
     for bad, reason in checks:
         if bad.any():

@@ -78,7 +78,10 @@ def parse_boxes(raw: list | None, box_format: str) -> np.ndarray | None:
         return np.zeros((0, 5))
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) for b in raw for v in b):
         raise PoseError("invalid_boxes", "box values must be numbers")
-    boxes = np.array([b if len(b) == 5 else [*b, 1.0] for b in raw], dtype=np.float64)
+    try:
+        boxes = np.array([b if len(b) == 5 else [*b, 1.0] for b in raw], dtype=np.float64)
+    except OverflowError:  # a JSON integer with hundreds of digits
+        raise PoseError("invalid_boxes", "box values must fit a 64-bit float") from None
     if box_format == "xyxy":
         boxes[:, :4] = np.concatenate([boxes[:, :2], geometry.xyxy_to_xywh(boxes[:, :4])[:, 2:]], axis=1)
     elif box_format != "xywh":
@@ -149,10 +152,11 @@ class PosePipeline:
 
     async def estimate(self, data: bytes, boxes: np.ndarray | None, flip: bool) -> PoseResult:
         deadline = time.monotonic() + self.request_timeout_s
+        loop = asyncio.get_running_loop()
         announcement = self.batcher.announce()
         try:
             context = contextvars.copy_context()  # keeps the request ID for any log line
-            prepared = await asyncio.get_running_loop().run_in_executor(
+            prepared = await loop.run_in_executor(
                 self.executor, context.run, self.prepare, data, boxes, flip)
         except BaseException:
             announcement.release()
@@ -167,7 +171,8 @@ class PosePipeline:
             maps = np.zeros((0,), np.float32)
             timings |= {"queue": 0.0, "inference": 0.0}
         started = time.perf_counter()
-        persons = self.decode(prepared, maps)
+        # off the event loop too: with many boxes and the flip test, decoding takes tens of milliseconds
+        persons = await loop.run_in_executor(self.executor, self.decode, prepared, maps)
         timings["postprocess"] = time.perf_counter() - started
         return PoseResult(prepared, persons, timings)
 

@@ -248,3 +248,52 @@ def test_timings_report_queue_and_inference(make_batcher):
     batcher = make_batcher(backend, max_batch_size=8, max_wait_s=0.0)
     result = run(batcher.submit(crops(1.0), far_deadline()))
     assert result.inference_s >= 0.03 and result.queue_s >= 0
+
+
+def test_a_backend_answer_of_the_wrong_size_fails_its_requests_and_the_worker_lives_on(make_batcher):
+    backend = FakeBackend()
+    calls = {"n": 0}
+
+    def short_once(batch: np.ndarray) -> np.ndarray:
+        calls["n"] += 1
+        out = backend.infer(batch)
+        return out[:-1] if calls["n"] == 1 else out  # one row missing: bookkeeping, not inference, fails
+
+    batcher = make_batcher(FakeBackend(), max_batch_size=8, max_wait_s=0.0)
+    batcher._infer = short_once
+
+    async def main():
+        with pytest.raises(PoseError) as error:
+            await batcher.submit(crops(1.0, 2.0), far_deadline())
+        return error.value, await batcher.submit(crops(3.0), far_deadline())
+
+    error, later = run(main())
+    assert error.code == "inference_failed"
+    assert np.all(later.heatmaps == 6.0) and batcher.inflight_crops == 0
+
+
+def test_the_worker_survives_its_own_bookkeeping_failing(make_batcher):
+    class Gauge:
+        def set(self, value):
+            pass
+
+    class BrokenHistogram:
+        def observe(self, value):
+            raise RuntimeError("metrics backend down")
+
+    class BrokenMetrics:  # anything after inference that raises (here: the batch-size histogram)
+        queue_depth = inflight_crops = Gauge()
+        batch_size = BrokenHistogram()
+
+    batcher = make_batcher(FakeBackend(), max_batch_size=8, max_wait_s=0.0)
+    batcher._metrics = BrokenMetrics()
+
+    async def main():
+        with pytest.raises(PoseError) as error:
+            await batcher.submit(crops(1.0), far_deadline())
+        batcher._metrics = None
+        return error.value, await batcher.submit(crops(2.0), far_deadline())
+
+    error, later = run(main())
+    assert error.code == "inference_failed" and np.all(later.heatmaps == 4.0)
+    assert batcher.inflight_crops == 0

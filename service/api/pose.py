@@ -269,7 +269,7 @@ def _json_boxes(text: str | None):
         return None
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         raise PoseError("invalid_json", "boxes is not valid JSON") from None
 
 
