@@ -123,8 +123,12 @@ class MicroBatcher:
         return self._queued_crops
 
     # -- the event-loop side -----------------------------------------------------------------------
-    def announce(self) -> Announcement:
+    def announce(self, expected_crops: int = 0) -> Announcement:
+        """A request starts preparing crops. With `expected_crops`, an overloaded batcher refuses it now,
+        before it spends CPU on decoding an image whose crops would be refused anyway."""
         with self._cond:
+            if expected_crops:
+                self._admit(expected_crops)
             self._announced += 1
         return Announcement(self)
 
@@ -139,7 +143,7 @@ class MicroBatcher:
         with self._cond:
             if announcement is not None:
                 announcement.release()
-            self._admit(job)
+            self._admit(job.size)
             self._queue.append(job)
             self._queued_crops += job.size
             self._inflight_crops += job.size
@@ -155,11 +159,11 @@ class MicroBatcher:
             job.abandoned = True
             raise
 
-    def _admit(self, job: _Job) -> None:
+    def _admit(self, size: int) -> None:
         if self._closed:
             raise PoseError("shutting_down", "the service is shutting down", retry_after_s=self.retry_after_s)
         # An idle batcher admits any job, so a request larger than the queue limit is still served.
-        if self._inflight_crops and self._inflight_crops + job.size > self.max_queue_crops:
+        if self._inflight_crops and self._inflight_crops + size > self.max_queue_crops:
             raise PoseError(
                 "overloaded",
                 f"too many crops in flight ({self._inflight_crops} of {self.max_queue_crops}); retry later",

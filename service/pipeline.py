@@ -153,7 +153,8 @@ class PosePipeline:
     async def estimate(self, data: bytes, boxes: np.ndarray | None, flip: bool) -> PoseResult:
         deadline = time.monotonic() + self.request_timeout_s
         loop = asyncio.get_running_loop()
-        announcement = self.batcher.announce()
+        expected_crops = (1 if boxes is None else len(boxes)) * (2 if flip else 1)
+        announcement = self.batcher.announce(expected_crops)
         try:
             context = contextvars.copy_context()  # keeps the request ID for any log line
             prepared = await loop.run_in_executor(

@@ -297,3 +297,21 @@ def test_the_worker_survives_its_own_bookkeeping_failing(make_batcher):
     error, later = run(main())
     assert error.code == "inference_failed" and np.all(later.heatmaps == 4.0)
     assert batcher.inflight_crops == 0
+
+
+def test_an_overloaded_batcher_refuses_at_announcement_before_any_preparation(make_batcher):
+    backend = FakeBackend()
+    backend.gate.clear()
+    batcher = make_batcher(backend, max_batch_size=2, max_wait_s=0.0, max_queue_crops=2)
+
+    async def main():
+        accepted = asyncio.create_task(batcher.submit(crops(1.0, 2.0), far_deadline()))
+        await asyncio.sleep(0.05)
+        with pytest.raises(PoseError) as refused:
+            batcher.announce(expected_crops=1)
+        backend.gate.set()
+        await accepted
+        batcher.announce(expected_crops=1).release()  # idle again: admitted
+        return refused.value
+
+    assert run(main()).code == "overloaded"
