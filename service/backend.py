@@ -130,6 +130,10 @@ class OrtBackend:
         self._use_io_binding = self.provider == PROVIDER_NAMES["cuda"]
 
     @property
+    def max_batch_size(self) -> int:
+        return self.max_batch
+
+    @property
     def provider(self) -> str:
         return self.status.active
 
@@ -155,7 +159,6 @@ class OrtBackend:
         self.input_hw = (height, width)
         # A fixed batch dimension (e.g. 1) means crops are run that many at a time.
         self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None
-        self.max_batch_size = self.max_batch
         probe = self._run(np.zeros((self.fixed_batch or 1, 3, height, width), self.input_dtype))
         if probe.ndim != 4:
             raise ModelLoadError(f"{self.model_path}: expected (N,K,h,w) heatmaps, got shape {probe.shape}")

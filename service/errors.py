@@ -6,8 +6,6 @@ Every refusal the service makes is a `PoseError`; the JSON body is
 
 from __future__ import annotations
 
-from http import HTTPStatus
-
 # code -> HTTP status. Codes are part of the API contract: add, never rename.
 ERROR_STATUS: dict[str, int] = {
     # the caller's request
@@ -59,6 +57,3 @@ class PoseError(Exception):
     def to_dict(self) -> dict:
         return {"code": self.code, "message": self.message}
 
-
-def status_phrase(status: int) -> str:
-    return HTTPStatus(status).phrase

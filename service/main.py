@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -47,7 +47,6 @@ class ServiceState:
     ready: bool = False
     draining: bool = False
     not_ready_reason: str = "starting: the model is not loaded yet"
-    extra: dict = field(default_factory=dict)
 
 
 def load_model(settings: Settings) -> LoadedModel:

@@ -83,7 +83,7 @@ def parse_boxes(raw: list | None, box_format: str) -> np.ndarray | None:
     except OverflowError:  # a JSON integer with hundreds of digits
         raise PoseError("invalid_boxes", "box values must fit a 64-bit float") from None
     if box_format == "xyxy":
-        boxes[:, :4] = np.concatenate([boxes[:, :2], geometry.xyxy_to_xywh(boxes[:, :4])[:, 2:]], axis=1)
+        boxes = geometry.xyxy_to_xywh(boxes)
     elif box_format != "xywh":
         raise PoseError("invalid_request", f"box_format must be 'xywh' or 'xyxy', not {box_format!r}")
     return boxes

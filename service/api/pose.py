@@ -126,7 +126,7 @@ async def render(request: Request, query: PoseQuery = Depends(pose_query),
                  pipeline: PosePipeline = Depends(ready_pipeline)) -> Response:
     item = await read_image_request(request, query)
     result = await pipeline.estimate(item.data, item.boxes, item.flip)
-    pose_json(request, result)  # records the stage metrics
+    record_metrics(request, result)
     card = pipeline.card
     drawn = await asyncio.to_thread(draw_poses, result.prepared.image, result.persons, card.skeleton)
     encoded = await asyncio.to_thread(encode_image, drawn, format)
@@ -294,13 +294,17 @@ def model_json(request: Request) -> dict:
             "provider": state.model.backend.provider, "warning": card.warning}
 
 
-def pose_json(request: Request, result: PoseResult) -> dict:
-    """The response body of one image; also records its stage metrics."""
-    state = service_state(request)
-    metrics = state.metrics
+def record_metrics(request: Request, result: PoseResult) -> None:
+    metrics = service_state(request).metrics
     for stage, seconds in result.timings_s.items():
         metrics.stage_latency.labels(stage=stage).observe(seconds)
     metrics.persons_per_image.observe(len(result.persons))
+
+
+def pose_json(request: Request, result: PoseResult) -> dict:
+    """The response body of one image; also records its stage metrics."""
+    record_metrics(request, result)
+    state = service_state(request)
     names = state.model.card.keypoints
     persons = []
     for person in result.persons:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -50,6 +50,3 @@ class Phase:
             "p99_ms": round(self.percentile_ms(99), 2),
         }
 
-
-def as_dict(obj) -> dict:
-    return asdict(obj)
