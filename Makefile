@@ -17,7 +17,7 @@ endif
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install model serve test test-slow bench
+.PHONY: install model serve test test-slow bench lint typecheck
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,14 @@ test: $(VENV)/.installed
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -m slow
+
+# Lint rules only (ruff's formatter is not adopted); configuration in pyproject.toml's [tool.ruff].
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+# mypy over service/ and model_export/ ([tool.mypy] in pyproject.toml names the files).
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
 
 bench: $(VENV)/.installed $(MODEL)
 	$(PY) -m service.bench --model $(MODEL)
