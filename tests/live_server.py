@@ -10,22 +10,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.helpers import ROOT, free_port, rss_bytes
 
 
 class LiveServer:
@@ -40,7 +34,7 @@ class LiveServer:
                     "POSE_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.startup_timeout_s = startup_timeout_s
         self.wait_ready = wait_ready
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[str] | None = None
         self.stderr_lines: list[str] = []
         self._reader: threading.Thread | None = None
 
@@ -62,7 +56,7 @@ class LiveServer:
                 raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def _read_stderr(self) -> None:
@@ -70,11 +64,16 @@ class LiveServer:
         for line in self.process.stderr:
             self.stderr_lines.append(line.rstrip("\n"))
 
+    @property
+    def running(self) -> subprocess.Popen[str]:
+        assert self.process is not None, "the server was not started"
+        return self.process
+
     def wait_until_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.process.returncode} during start-up:\n"
+            if self.running.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.running.returncode} during start-up:\n"
                                    + "\n".join(self.stderr_lines[-30:]))
             try:
                 if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
@@ -87,10 +86,13 @@ class LiveServer:
 
     def terminate(self) -> None:
         """SIGTERM, as Kubernetes sends it."""
-        self.process.send_signal(signal.SIGTERM)
+        self.send_signal(signal.SIGTERM)
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        self.running.send_signal(sig)
 
     def wait(self, timeout_s: float) -> int:
-        return self.process.wait(timeout=timeout_s)
+        return self.running.wait(timeout=timeout_s)
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         if self.process is None:
@@ -108,13 +110,10 @@ class LiveServer:
 
     # -- observation ----------------------------------------------------------------------------
     def rss_bytes(self) -> int:
-        """Resident set size of the server process, from /proc/PID/status (VmRSS, in kB)."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("VmRSS not found")
+        """Resident set size of the server process."""
+        return rss_bytes(self.running.pid)
 
-    def log_records(self) -> list[dict]:
+    def log_records(self) -> list[dict[str, Any]]:
         """Every stderr line parsed as JSON (the service logs nothing else); raises on a non-JSON line."""
         records = []
         for line in list(self.stderr_lines):

@@ -1,5 +1,10 @@
 """The micro-batcher with a fake backend: pooling, max wait, splitting, overload, deadlines, cancellation,
-one bad item, draining on close."""
+one bad item, draining on close.
+
+Ordering comes from events, not sleeps: the fake backend reports each batch it enters (`wait_entered`) and can be
+held at a gate; `enqueued()` gives the event loop one turn, after which every task created before it has run up to
+its first await, i.e. has queued its crops (submit queues synchronously before it awaits).
+"""
 
 from __future__ import annotations
 
@@ -15,21 +20,31 @@ from service.errors import PoseError
 
 
 class FakeBackend:
-    """Heatmaps = 2 x the crop's first value; records every batch; can block, be slow, or choke on NaN."""
+    """Heatmaps = 2 x the crop's first value; records every batch; can be held at a gate, be slow, or choke on
+    NaN. `entered` counts the batches that reached it, so a test can wait until the worker is inside a batch."""
 
-    def __init__(self, delay_s: float = 0.0) -> None:
+    def __init__(self, delay_s: float = 0.0, gate_open: bool = True) -> None:
         self.delay_s = delay_s
-        self.batches: list[np.ndarray] = []
+        self.batches: list[np.ndarray] = []  # the first value of each crop, per batch computed
+        self.attempts: list[int] = []  # the size of every batch that reached the backend, failed ones too
         self.gate = threading.Event()
-        self.gate.set()
+        if gate_open:
+            self.gate.set()
+        self._entered = threading.Semaphore(0)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        self.gate.wait(5)
+        self.attempts.append(len(batch))
+        self._entered.release()
+        assert self.gate.wait(10), "the test never opened the gate"
         if np.isnan(batch).any():
             raise ValueError("NaN crop")
-        time.sleep(self.delay_s)
+        time.sleep(self.delay_s)  # compute time, not synchronisation
         self.batches.append(batch[:, 0, 0, 0].copy())
         return (batch[:, :1, :2, :2] * 2).astype(np.float32)
+
+    async def wait_entered(self, timeout_s: float = 10.0) -> bool:
+        """Until the worker thread has entered one more batch (True), or the timeout passed (False)."""
+        return await asyncio.to_thread(self._entered.acquire, True, timeout_s)
 
     @property
     def sizes(self) -> list[int]:
@@ -48,12 +63,18 @@ def far_deadline() -> float:
     return time.monotonic() + 10
 
 
+async def enqueued() -> None:
+    """One turn of the event loop: every task created before this call has queued its crops."""
+    await asyncio.sleep(0)
+
+
 @pytest.fixture
 def make_batcher():
     created = []
 
-    def make(backend, **kwargs):
-        batcher = MicroBatcher(backend.infer, **kwargs)
+    def make(infer, *, max_batch_size=8, max_wait_s=0.0, max_queue_crops=64, metrics=None):
+        batcher = MicroBatcher(infer=infer, max_batch_size=max_batch_size, max_wait_s=max_wait_s,
+                               max_queue_crops=max_queue_crops, metrics=metrics)
         batcher.start()
         created.append(batcher)
         return batcher
@@ -69,7 +90,7 @@ def run(coro):
 
 def test_concurrent_requests_are_pooled_and_each_gets_its_own_results(make_batcher):
     backend = FakeBackend(delay_s=0.02)
-    batcher = make_batcher(backend, max_batch_size=8, max_wait_s=0.01)
+    batcher = make_batcher(backend.infer, max_batch_size=8, max_wait_s=0.01)
 
     async def main():
         return await asyncio.gather(*(batcher.submit(crops(float(i)), far_deadline()) for i in range(16)))
@@ -84,7 +105,7 @@ def test_concurrent_requests_are_pooled_and_each_gets_its_own_results(make_batch
 
 def test_a_lone_request_is_dispatched_without_waiting(make_batcher):
     backend = FakeBackend()
-    batcher = make_batcher(backend, max_batch_size=8, max_wait_s=1.0)
+    batcher = make_batcher(backend.infer, max_batch_size=8, max_wait_s=1.0)
 
     async def main():
         started = time.perf_counter()
@@ -96,7 +117,7 @@ def test_a_lone_request_is_dispatched_without_waiting(make_batcher):
 
 def test_batch_waits_at_most_max_wait_for_announced_crops(make_batcher):
     backend = FakeBackend()
-    batcher = make_batcher(backend, max_batch_size=8, max_wait_s=0.15)
+    batcher = make_batcher(backend.infer, max_batch_size=8, max_wait_s=0.15)
 
     async def main():
         announced = batcher.announce()  # a request "preparing" that never submits
@@ -112,22 +133,26 @@ def test_batch_waits_at_most_max_wait_for_announced_crops(make_batcher):
 
 def test_announced_crops_join_the_waiting_batch(make_batcher):
     backend = FakeBackend()
-    batcher = make_batcher(backend, max_batch_size=8, max_wait_s=0.5)
+    batcher = make_batcher(backend.infer, max_batch_size=8, max_wait_s=10.0)
 
     async def main():
         second = batcher.announce()
         first = asyncio.create_task(batcher.submit(crops(1.0), far_deadline()))
-        await asyncio.sleep(0.05)
+        await enqueued()
+        # The worker holds the batch open for the announced crops: nothing reaches the backend meanwhile.
+        assert not await backend.wait_entered(timeout_s=0.3), "the batch left without the announced crops"
+        started = time.perf_counter()
         await batcher.submit(crops(2.0), far_deadline(), second)
         await first
+        return time.perf_counter() - started
 
-    run(main())
+    assert run(main()) < 5.0  # the announced crops closed the batch, not the 10 s max_wait
     assert backend.sizes == [2]
 
 
 def test_a_large_request_is_split_across_batches_in_order(make_batcher):
     backend = FakeBackend()
-    batcher = make_batcher(backend, max_batch_size=8, max_wait_s=0.0)
+    batcher = make_batcher(backend.infer, max_batch_size=8, max_wait_s=0.0)
     values = [float(v) for v in range(20)]
     result = run(batcher.submit(crops(*values), far_deadline()))
     assert backend.sizes == [8, 8, 4]
@@ -135,13 +160,12 @@ def test_a_large_request_is_split_across_batches_in_order(make_batcher):
 
 
 def test_overload_is_refused_with_retry_after(make_batcher):
-    backend = FakeBackend()
-    backend.gate.clear()  # inference blocked: crops pile up
-    batcher = make_batcher(backend, max_batch_size=2, max_wait_s=0.0, max_queue_crops=4)
+    backend = FakeBackend(gate_open=False)  # inference blocked: crops pile up
+    batcher = make_batcher(backend.infer, max_batch_size=2, max_wait_s=0.0, max_queue_crops=4)
 
     async def main():
         accepted = [asyncio.create_task(batcher.submit(crops(1.0, 2.0), far_deadline())) for _ in range(2)]
-        await asyncio.sleep(0.05)
+        await enqueued()
         assert batcher.inflight_crops == 4
         with pytest.raises(PoseError) as refused:
             await batcher.submit(crops(3.0), far_deadline())
@@ -155,84 +179,87 @@ def test_overload_is_refused_with_retry_after(make_batcher):
 
 
 def test_an_idle_batcher_admits_a_request_larger_than_the_queue(make_batcher):
-    batcher = make_batcher(FakeBackend(), max_batch_size=2, max_queue_crops=2)
+    batcher = make_batcher(FakeBackend().infer, max_batch_size=2, max_queue_crops=2)
     result = run(batcher.submit(crops(1, 2, 3, 4, 5), far_deadline()))
     assert len(result.heatmaps) == 5
 
 
 def test_expired_work_is_dropped_before_compute(make_batcher):
-    backend = FakeBackend()
-    backend.gate.clear()
-    batcher = make_batcher(backend, max_batch_size=1, max_wait_s=0.0)
+    backend = FakeBackend(gate_open=False)
+    batcher = make_batcher(backend.infer, max_batch_size=1, max_wait_s=0.0)
 
     async def main():
         blocker = asyncio.create_task(batcher.submit(crops(1.0), far_deadline()))
-        await asyncio.sleep(0.05)  # the worker is now stuck in crop 1.0
+        assert await backend.wait_entered(), "the worker never started crop 1.0"  # it is stuck there now
         late = asyncio.create_task(batcher.submit(crops(7.0), time.monotonic() + 0.1))
-        await asyncio.sleep(0.2)
+        with pytest.raises(PoseError) as error:
+            await late  # its deadline passes while it is queued behind the stuck batch
+        assert batcher.queued_crops == 1, "the expired crop is still queued, not computed"
         backend.gate.set()
         await blocker
-        with pytest.raises(PoseError) as error:
-            await late
+        await asyncio.to_thread(batcher.close, 5)  # the worker drains the queue and exits
         return error.value
 
     error = run(main())
     assert error.code == "deadline_exceeded" and error.status == 504
-    time.sleep(0.05)
-    assert 7.0 not in backend.computed
+    assert backend.computed == {1.0}  # 7.0 was dropped uncomputed
+    assert batcher.inflight_crops == 0
 
 
 def test_cancelled_requests_are_not_computed(make_batcher):
-    backend = FakeBackend()
-    backend.gate.clear()
-    batcher = make_batcher(backend, max_batch_size=1, max_wait_s=0.0)
+    backend = FakeBackend(gate_open=False)
+    batcher = make_batcher(backend.infer, max_batch_size=1, max_wait_s=0.0)
 
     async def main():
         blocker = asyncio.create_task(batcher.submit(crops(1.0), far_deadline()))
-        await asyncio.sleep(0.05)
+        assert await backend.wait_entered(), "the worker never started crop 1.0"
         gone = asyncio.create_task(batcher.submit(crops(9.0), far_deadline()))
-        await asyncio.sleep(0.05)
+        await enqueued()
+        assert batcher.queued_crops == 1
         gone.cancel()  # the client disconnected
-        await asyncio.sleep(0.01)
+        with pytest.raises(asyncio.CancelledError):
+            await gone
         backend.gate.set()
         await blocker
-        await asyncio.sleep(0.1)
+        await asyncio.to_thread(batcher.close, 5)  # the worker drains the queue and exits
 
     run(main())
-    assert 9.0 not in backend.computed
+    assert backend.computed == {1.0}  # 9.0 was dropped uncomputed
     assert batcher.inflight_crops == 0
 
 
 def test_one_bad_item_fails_only_its_own_request(make_batcher):
-    backend = FakeBackend()
-    backend.gate.clear()
-    batcher = make_batcher(backend, max_batch_size=8, max_wait_s=0.0)
+    backend = FakeBackend(gate_open=False)
+    batcher = make_batcher(backend.infer, max_batch_size=8, max_wait_s=0.0)
 
     async def main():
         first = asyncio.create_task(batcher.submit(crops(0.0), far_deadline()))
-        await asyncio.sleep(0.05)
+        assert await backend.wait_entered(), "the worker never started the first batch"
         # these three queue up behind the blocked batch and will share the next one
         good1 = asyncio.create_task(batcher.submit(crops(1.0), far_deadline()))
         bad = asyncio.create_task(batcher.submit(crops(float("nan")), far_deadline()))
         good2 = asyncio.create_task(batcher.submit(crops(2.0, 3.0), far_deadline()))
-        await asyncio.sleep(0.05)
+        await enqueued()
+        assert batcher.queued_crops == 4
         backend.gate.set()
         return await asyncio.gather(first, good1, bad, good2, return_exceptions=True)
 
     first, good1, bad, good2 = run(main())
+    assert np.all(first.heatmaps == 0.0)
     assert isinstance(bad, PoseError) and bad.code == "inference_failed"
     assert np.all(good1.heatmaps == 2.0)
     assert np.array_equal(good2.heatmaps[:, 0, 0, 0], [4.0, 6.0])
+    assert backend.attempts == [1, 4, 1, 1, 2]  # the three shared one batch, which failed and was retried per job
 
 
 def test_close_finishes_admitted_work_then_refuses(make_batcher):
     backend = FakeBackend(delay_s=0.01)
-    batcher = make_batcher(backend, max_batch_size=2, max_wait_s=0.0)
+    batcher = make_batcher(backend.infer, max_batch_size=2, max_wait_s=0.0)
 
     async def main():
         tasks = [asyncio.create_task(batcher.submit(crops(float(i)), far_deadline())) for i in range(6)]
-        await asyncio.sleep(0)
-        await asyncio.sleep(0.001)
+        await enqueued()
+        assert batcher.inflight_crops == 6  # all admitted before close
         await asyncio.to_thread(batcher.close, 5)
         results = await asyncio.gather(*tasks)
         with pytest.raises(PoseError) as refused:
@@ -245,7 +272,7 @@ def test_close_finishes_admitted_work_then_refuses(make_batcher):
 
 def test_timings_report_queue_and_inference(make_batcher):
     backend = FakeBackend(delay_s=0.03)
-    batcher = make_batcher(backend, max_batch_size=8, max_wait_s=0.0)
+    batcher = make_batcher(backend.infer, max_batch_size=8, max_wait_s=0.0)
     result = run(batcher.submit(crops(1.0), far_deadline()))
     assert result.inference_s >= 0.03 and result.queue_s >= 0
 
@@ -259,8 +286,7 @@ def test_a_backend_answer_of_the_wrong_size_fails_its_requests_and_the_worker_li
         out = backend.infer(batch)
         return out[:-1] if calls["n"] == 1 else out  # one row missing: bookkeeping, not inference, fails
 
-    batcher = make_batcher(FakeBackend(), max_batch_size=8, max_wait_s=0.0)
-    batcher._infer = short_once
+    batcher = make_batcher(short_once, max_batch_size=8, max_wait_s=0.0)
 
     async def main():
         with pytest.raises(PoseError) as error:
@@ -272,41 +298,53 @@ def test_a_backend_answer_of_the_wrong_size_fails_its_requests_and_the_worker_li
     assert np.all(later.heatmaps == 6.0) and batcher.inflight_crops == 0
 
 
-def test_the_worker_survives_its_own_bookkeeping_failing(make_batcher):
-    class Gauge:
-        def set(self, value):
-            pass
+class Instrument:
+    """A gauge, counter or histogram that records its values; it raises while `broken` is set."""
 
-    class BrokenHistogram:
-        def observe(self, value):
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self.broken = False
+
+    def record(self, value: float) -> None:
+        if self.broken:
             raise RuntimeError("metrics backend down")
+        self.values.append(value)
 
-    class BrokenMetrics:  # anything after inference that raises (here: the batch-size histogram)
-        queue_depth = inflight_crops = Gauge()
-        batch_size = BrokenHistogram()
+    set = inc = observe = record
 
-    batcher = make_batcher(FakeBackend(), max_batch_size=8, max_wait_s=0.0)
-    batcher._metrics = BrokenMetrics()
+
+class FakeMetrics:
+    """The batcher's slice of service.metrics.Metrics."""
+
+    def __init__(self) -> None:
+        self.queue_depth, self.inflight_crops, self.batch_size, self.crops = (Instrument() for _ in range(4))
+
+
+def test_the_worker_survives_its_own_bookkeeping_failing(make_batcher):
+    metrics = FakeMetrics()
+    metrics.batch_size.broken = True  # anything after inference that raises (here: the batch-size histogram)
+    batcher = make_batcher(FakeBackend().infer, max_batch_size=8, max_wait_s=0.0, metrics=metrics)
 
     async def main():
         with pytest.raises(PoseError) as error:
             await batcher.submit(crops(1.0), far_deadline())
-        batcher._metrics = None
+        metrics.batch_size.broken = False
         return error.value, await batcher.submit(crops(2.0), far_deadline())
 
     error, later = run(main())
     assert error.code == "inference_failed" and np.all(later.heatmaps == 4.0)
     assert batcher.inflight_crops == 0
+    assert metrics.batch_size.values == [1] and metrics.crops.values == [1]  # the second batch was recorded
+    assert metrics.inflight_crops.values[-1] == 0 and metrics.queue_depth.values[-1] == 0
 
 
 def test_an_overloaded_batcher_refuses_at_announcement_before_any_preparation(make_batcher):
-    backend = FakeBackend()
-    backend.gate.clear()
-    batcher = make_batcher(backend, max_batch_size=2, max_wait_s=0.0, max_queue_crops=2)
+    backend = FakeBackend(gate_open=False)
+    batcher = make_batcher(backend.infer, max_batch_size=2, max_wait_s=0.0, max_queue_crops=2)
 
     async def main():
         accepted = asyncio.create_task(batcher.submit(crops(1.0, 2.0), far_deadline()))
-        await asyncio.sleep(0.05)
+        await enqueued()
         with pytest.raises(PoseError) as refused:
             batcher.announce(expected_crops=1)
         backend.gate.set()
