@@ -26,6 +26,7 @@ ERROR_STATUS: dict[str, int] = {
     "animated_image_unsupported": 415,
     "image_too_large": 413,
     "image_too_many_pixels": 413,
+    "image_too_complex": 422,  # decodable, but far more decoding work than its pixels suggest (scans, chunks)
     # load and time
     "overloaded": 429,
     "not_ready": 503,

@@ -13,6 +13,7 @@ import io
 import numpy as np
 from PIL import BmpImagePlugin, Image, ImageOps, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
+from service.decode_work import check_decoding_work
 from service.errors import PoseError
 
 # The image classes are used directly instead of Image.open: no other plugin ever sees the bytes, a
@@ -67,6 +68,7 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
 
     The array is a read-only view of the decoded pixels (no extra copy); copy it before drawing on it.
     Raises PoseError: empty_image, image_too_large, unsupported_image_format, corrupt_image,
+    image_too_complex (decoding work bounded from the file's structure first: service/decode_work.py),
     image_too_many_pixels, animated_image_unsupported.
     """
     size = len(data)
@@ -108,6 +110,7 @@ def _open_header(prefix: bytes, data: bytes) -> Image.Image:
                     "unsupported_image_format", f"{name} images are not supported; send {_SUPPORTED}."
                 )
         raise PoseError("corrupt_image", f"The data is not a recognisable image; send {_SUPPORTED}.")
+    check_decoding_work(fmt, data)  # before Pillow parses anything: its header parsing is Python, per segment
     try:
         return _DECODERS[fmt](io.BytesIO(data))
     except Image.DecompressionBombError as exc:
