@@ -3,9 +3,10 @@
 Flow, as the official HRNet test (core/function.py validate + dataset/coco.py evaluate):
   person boxes (GT boxes of the annotated persons, cleaned as in training, score 1; or a COCO detection-results
   file, person category, score > IMAGE_THRE = 0.0)
-  -> per image: PosePipeline.prepare (the service's image decode, box validation, center/scale, affine crop,
-     normalisation, mirrored inputs for the flip test) -> the backend -> PosePipeline.decode (flip-test average,
-     argmax + quarter-pixel shift, inverse affine, rescoring: box score x mean keypoint score above 0.2)
+  -> per image: the service's image decode, then its pure pose codec: PoseCodec.crops (box validation,
+     center/scale, affine crop, normalisation, mirrored inputs for the flip test) -> the backend ->
+     PoseCodec.persons (flip-test average, argmax + quarter-pixel shift, inverse affine, rescoring: box score x
+     mean keypoint score above 0.2)
   -> OKS-NMS at 0.9 per image (area = scale_w*200 * scale_h*200) -> pycocotools COCOeval(iouType='keypoints').
 
 With a model file the pipeline runs in this process on ONNX Runtime (OrtBackend, the service's backend; the
@@ -31,10 +32,13 @@ from typing import Any
 import numpy as np
 
 from service import coco
+from service.backend import OrtBackend
+from service.boxes import parse_boxes
+from service.codec import PersonPose, PoseCodec
 from service.geometry import boxes_to_centers_scales
 from service.heatmaps import oks_nms
-from service.modelcard import InputSpec, ModelCard, OutputSpec, WeightsInfo
-from service.pipeline import Limits, PersonPose, PosePipeline
+from service.imaging import decode_image
+from service.modelcard import InputSpec, ModelCard, OutputSpec, WeightsInfo, read_card
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,7 @@ DETECTION_SCORE_THRESHOLD = 0.0  # official TEST.IMAGE_THRE: detections with a l
 PERSON_CATEGORY_ID = 1
 SERVICE_MAX_BOXES = 100  # the service's default POSE_MAX_BOXES: boxes per request when evaluating over HTTP
 # In-process limits: evaluation data is trusted, so only absurd files are refused.
-LOCAL_LIMITS = Limits(max_image_bytes=1 << 31, max_image_pixels=1 << 31, max_boxes=1 << 31)
+LOCAL_MAX_IMAGE_BYTES = LOCAL_MAX_IMAGE_PIXELS = 1 << 31
 
 PoseRunner = Callable[[bytes, np.ndarray, bool], list[PersonPose]]
 
@@ -113,7 +117,7 @@ def detection_person_boxes(detections_file: str | os.PathLike,
 
 
 def usable_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, int]:
-    """Drop the boxes the service refuses (validate_boxes): non-finite, empty, or wholly outside the image.
+    """Drop the boxes the service refuses (service.boxes): non-finite, empty, or wholly outside the image.
 
     The official code would crop those anyway (a singular matrix for an empty box); a detector emits them
     rarely, and they cannot match anyone. Returns the kept rows and how many were dropped.
@@ -127,34 +131,33 @@ def usable_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray
 # ---- running the model --------------------------------------------------------------------------------------
 
 class LocalRunner:
-    """The service's PosePipeline stages around a backend, in this process."""
+    """The service's image decode and pose codec around a backend, in this process."""
 
     def __init__(self, card: ModelCard, infer: Callable[[np.ndarray], np.ndarray], max_batch: int) -> None:
         self.card = card
         self.infer = infer
         self.max_batch = max_batch
-        # prepare/decode never touch the micro-batcher; this runner calls the backend itself.
-        self.pipeline = PosePipeline(card, batcher=None, limits=LOCAL_LIMITS, request_timeout_s=float("inf"))
+        self.codec = PoseCodec(card)  # what the service runs, without its threads and batcher
         self.last_image_wh: tuple[int, int] = (0, 0)
 
     @classmethod
     def from_onnx(cls, model_path: str | os.PathLike, provider: str = "cpu", max_batch: int = 8,
                   threads: int = 0) -> LocalRunner:
         """OrtBackend + the card beside the ONNX file, loaded as the service loads them."""
-        from service.backend import OrtBackend
-        from service.main import read_card
-
-        backend = OrtBackend(Path(model_path), provider, threads, max_batch)
+        backend = OrtBackend(Path(model_path), provider=provider, intra_op_threads=threads, max_batch=max_batch)
         card, _ = read_card(Path(model_path), backend)
         return cls(card, backend.infer, backend.max_batch_size)
 
     def __call__(self, data: bytes, boxes: np.ndarray, flip: bool) -> list[PersonPose]:
-        prepared = self.pipeline.prepare(data, boxes, flip)
-        self.last_image_wh = (prepared.width, prepared.height)
+        image = decode_image(data, LOCAL_MAX_IMAGE_BYTES, LOCAL_MAX_IMAGE_PIXELS)
+        rows = parse_boxes(boxes)
+        assert rows is not None
+        prepared = self.codec.crops(image, rows, flip)
+        self.last_image_wh = prepared.image_wh
         inputs = prepared.inputs
         maps = np.concatenate([self.infer(inputs[i:i + self.max_batch])
                                for i in range(0, len(inputs), self.max_batch)]) if len(inputs) else inputs
-        return self.pipeline.decode(prepared, maps)
+        return self.codec.persons(prepared, maps)
 
 
 class ServiceRunner:
@@ -316,7 +319,7 @@ def format_stats(stats: Mapping[str, float]) -> str:
 EVALUATE_DESCRIPTION = """\
 COCO keypoint AP (pycocotools COCOeval, iouType 'keypoints') of an exported HRNet ONNX model, computed with
 the service's own code: the service's image decoding, box -> center/scale, affine crop and normalisation,
-flip test, argmax + quarter-pixel decode and inverse affine (service.pipeline.PosePipeline), its ONNX Runtime
+flip test, argmax + quarter-pixel decode and inverse affine (service.codec.PoseCodec), its ONNX Runtime
 backend, then the official rescoring (box score x mean of the keypoint scores above 0.2) and OKS-NMS at 0.9
 per image.
 

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import uvicorn
 
+from service.errors import ModelLoadError
+from service.http_limits import HttpLimits, LimitedHttpToolsProtocol, limited_protocol
+from service.logs import configure_logging
+from service.main import create_app, load_model
+from service.metrics import Metrics
 from service.settings import Settings
+from service.state import ServiceState
 
 log = logging.getLogger("service")
 
@@ -46,7 +52,7 @@ class DrainingServer(uvicorn.Server):
     -15); a drained stop is a clean exit, so the signal is not recorded for re-raising.
     """
 
-    def __init__(self, config: uvicorn.Config, state, delay_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, state: ServiceState, delay_s: float) -> None:
         super().__init__(config)
         self.state = state
         self.delay_s = delay_s
@@ -64,10 +70,8 @@ class DrainingServer(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:
         if self.exit_requested_at is not None:
             if not self.drain_started:
-                from service.main import begin_drain
-
                 self.drain_started = True
-                begin_drain(self.state)
+                self.state.begin_drain()
                 log.info("shutdown requested: unready now; serving %.1f s more, then draining in-flight requests",
                          self.delay_s)
             if time.monotonic() - self.exit_requested_at >= self.delay_s:
@@ -75,11 +79,20 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from service.backend import ModelLoadError
-    from service.logs import configure_logging
-    from service.main import create_app, load_model
+def http_protocol(settings: Settings, metrics: Metrics) -> type[LimitedHttpToolsProtocol]:
+    """uvicorn's httptools protocol with our header size limit and header/body timeouts (service/http_limits.py);
+    the requests it refuses before the app sees them are counted like the app's own."""
 
+    def count(status: int, code: str) -> None:
+        metrics.requests.labels(endpoint="unmatched", status=str(status)).inc()
+        metrics.errors.labels(code=code).inc()
+
+    limits = HttpLimits(settings.max_header_bytes, settings.header_timeout_s, settings.body_timeout_s,
+                        settings.body_min_bytes_per_s)
+    return limited_protocol(limits, count)
+
+
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = {k: v for k, v in {"model_path": args.model, "host": args.host, "port": args.port,
                                    "provider": args.provider}.items() if v is not None}
@@ -92,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     app = create_app(settings, model=model)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                            timeout_graceful_shutdown=settings.shutdown_timeout_s)
+                            timeout_graceful_shutdown=settings.shutdown_timeout_s,
+                            http=http_protocol(settings, app.state.service.metrics),
+                            timeout_keep_alive=settings.keep_alive_timeout_s)
     server = DrainingServer(config, app.state.service, settings.shutdown_delay_s)
     server.run()
     return 0 if server.started else 3  # 3: uvicorn's start-up failure status (e.g. the port is taken)

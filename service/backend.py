@@ -8,13 +8,16 @@ before the service reports ready.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import onnxruntime as ort
 
-from service.errors import PoseError
+from service.errors import ModelLoadError, PoseError
+
+__all__ = ["Backend", "ModelLoadError", "OrtBackend", "ProviderStatus", "open_session"]
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +26,6 @@ PROVIDER_NAMES = {
     "cuda": "CUDAExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
-
-
-class ModelLoadError(RuntimeError):
-    """The model file is missing or unusable; start-up stops with this one-line message."""
 
 
 class Backend(Protocol):
@@ -90,83 +89,102 @@ def padded_batch_sizes(max_batch_size: int, gpu: bool) -> list[int]:
     return sizes + [max_batch_size]
 
 
-@dataclass
+def open_session(
+    model_path: Path,
+    *,
+    provider: str = "auto",
+    intra_op_threads: int = 0,
+    trt_cache_dir: Path | None = None,
+    trt_fp16: bool = False,
+    spin: bool = True,
+) -> tuple[ort.InferenceSession, ProviderStatus]:
+    """An ONNX Runtime session on the best available provider for `provider`, and what became active.
+
+    Shared by the pose model and the person detector. Raises ModelLoadError with one line naming the file.
+    """
+    if not model_path.is_file():
+        raise ModelLoadError(f"model file not found: {model_path}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if not spin:  # ORT's threads spin between ops; on a CPU shared with preprocessing that steals cycles
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    available = ort.get_available_providers()
+    chain = choose_providers(provider, available, trt_cache_dir, trt_fp16)
+    usable = [p for p in chain if _provider_name(p) in available]  # ask ORT only for what it has
+    try:
+        session = ort.InferenceSession(str(model_path), options, providers=usable)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        raise ModelLoadError(f"cannot load ONNX model {model_path}: {str(exc).splitlines()[0]}") from exc
+    return session, _provider_status(session, chain)
+
+
+def _provider_status(session: ort.InferenceSession, chain: list) -> ProviderStatus:
+    wanted = _provider_name(chain[0])
+    active = session.get_providers()[0]
+    ok = active == wanted
+    reason = "" if ok else f"{wanted} was requested but {active} is active (is onnxruntime-gpu installed?)"
+    if not ok:
+        log.warning("execution provider fallback: %s", reason)
+    return ProviderStatus(requested=wanted, active=active, ok=ok, reason=reason)
+
+
 class OrtBackend:
-    """One ONNX Runtime session. `infer` is called from one worker thread at a time."""
+    """The pose model in one ONNX Runtime session: float32 NCHW crops -> heatmaps.
 
-    model_path: Path
-    requested_provider: str = "auto"
-    intra_op_threads: int = 0
-    max_batch: int = 8
-    trt_cache_dir: Path | None = None
-    trt_fp16: bool = False
-    # ORT's threads spin between ops; on a CPU shared with request preprocessing that spinning steals cycles.
-    spin: bool = True
-    status: ProviderStatus = field(init=False)
+    `infer` is called from one worker thread at a time (the batcher's). Batches are padded to `batch_sizes`.
+    """
 
-    def __post_init__(self) -> None:
-        import onnxruntime as ort
-
-        if not self.model_path.is_file():
-            raise ModelLoadError(f"model file not found: {self.model_path}")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = self.intra_op_threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if not self.spin:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        available = ort.get_available_providers()
-        chain = choose_providers(self.requested_provider, available, self.trt_cache_dir, self.trt_fp16)
-        usable = [p for p in chain if _provider_name(p) in available]  # ask ORT only for what it has
-        try:
-            self.session = ort.InferenceSession(str(self.model_path), options, providers=usable)
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            raise ModelLoadError(f"cannot load ONNX model {self.model_path}: {str(exc).splitlines()[0]}") from exc
-        self.status = self._provider_status(chain)
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        provider: str = "auto",
+        intra_op_threads: int = 0,
+        max_batch: int = 8,
+        trt_cache_dir: Path | None = None,
+        trt_fp16: bool = False,
+        spin: bool = True,
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.max_batch_size = max_batch
+        self.session, self.status = open_session(
+            self.model_path, provider=provider, intra_op_threads=intra_op_threads, trt_cache_dir=trt_cache_dir,
+            trt_fp16=trt_fp16, spin=spin,
+        )
+        # IO binding keeps the heatmaps on the device until one copy back; only CUDA gains from it.
+        self.use_io_binding = self.provider == PROVIDER_NAMES["cuda"]
         self._read_shapes()
         gpu = self.provider != PROVIDER_NAMES["cpu"]
-        self.batch_sizes = [self.fixed_batch] if self.fixed_batch else padded_batch_sizes(self.max_batch, gpu)
-        self._use_io_binding = self.provider == PROVIDER_NAMES["cuda"]
-
-    @property
-    def max_batch_size(self) -> int:
-        return self.max_batch
+        self.batch_sizes = [self.fixed_batch] if self.fixed_batch else padded_batch_sizes(max_batch, gpu)
 
     @property
     def provider(self) -> str:
         return self.status.active
 
-    def _provider_status(self, chain: list) -> ProviderStatus:
-        wanted = _provider_name(chain[0])
-        active = self.session.get_providers()[0]
-        ok = active == wanted
-        reason = "" if ok else f"{wanted} was requested but {active} is active (is onnxruntime-gpu installed?)"
-        if not ok:
-            log.warning("execution provider fallback: %s", reason)
-        return ProviderStatus(requested=wanted, active=active, ok=ok, reason=reason)
-
     def _read_shapes(self) -> None:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise ModelLoadError(f"{self.model_path}: expected one NCHW image input, got {[i.shape for i in inputs]}")
-        self.input_name = inputs[0].name
-        self.output_name = outputs[0].name
+        self.input_name: str = inputs[0].name
+        self.output_name: str = outputs[0].name
         self.input_dtype = np.float16 if inputs[0].type == "tensor(float16)" else np.float32
         batch_dim, channels, height, width = inputs[0].shape
         if not all(isinstance(d, int) for d in (channels, height, width)) or channels != 3:
             raise ModelLoadError(f"{self.model_path}: input must be (N,3,H,W) with fixed H, W; got {inputs[0].shape}")
-        self.input_hw = (height, width)
+        self.input_hw: tuple[int, int] = (height, width)
         # A fixed batch dimension (e.g. 1) means crops are run that many at a time.
-        self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None
+        self.fixed_batch: int | None = batch_dim if isinstance(batch_dim, int) else None
         probe = self._run(np.zeros((self.fixed_batch or 1, 3, height, width), self.input_dtype))
         if probe.ndim != 4:
             raise ModelLoadError(f"{self.model_path}: expected (N,K,h,w) heatmaps, got shape {probe.shape}")
-        self.num_keypoints = probe.shape[1]
-        self.heatmap_hw = (probe.shape[2], probe.shape[3])
+        self.num_keypoints: int = probe.shape[1]
+        self.heatmap_hw: tuple[int, int] = (probe.shape[2], probe.shape[3])
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        if getattr(self, "_use_io_binding", False):
+        if self.use_io_binding:
             binding = self.session.io_binding()
             binding.bind_cpu_input(self.input_name, batch)
             binding.bind_output(self.output_name, "cuda")

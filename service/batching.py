@@ -80,6 +80,7 @@ class Announcement:
 class MicroBatcher:
     def __init__(
         self,
+        *,
         infer: Callable[[np.ndarray], np.ndarray],
         max_batch_size: int = 8,
         max_wait_s: float = 0.002,

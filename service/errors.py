@@ -6,6 +6,8 @@ Every refusal the service makes is a `PoseError`; the JSON body is
 
 from __future__ import annotations
 
+import json
+
 # code -> HTTP status. Codes are part of the API contract: add, never rename.
 ERROR_STATUS: dict[str, int] = {
     # the caller's request
@@ -19,6 +21,8 @@ ERROR_STATUS: dict[str, int] = {
     "unauthorized": 401,
     "not_found": 404,
     "method_not_allowed": 405,
+    "request_timeout": 408,  # headers or body too slow (answered by the HTTP protocol, service/http_limits.py)
+    "request_header_too_large": 431,
     # the image
     "empty_image": 400,
     "corrupt_image": 400,
@@ -32,6 +36,8 @@ ERROR_STATUS: dict[str, int] = {
     "not_ready": 503,
     "shutting_down": 503,
     "deadline_exceeded": 504,
+    # the caller left before its answer: nothing is sent; 499 keeps it apart from our faults in the metrics
+    "client_disconnected": 499,
     # ours
     "inference_failed": 500,
     "internal_error": 500,
@@ -58,3 +64,16 @@ class PoseError(Exception):
     def to_dict(self) -> dict:
         return {"code": self.code, "message": self.message}
 
+
+
+def error_body(error: PoseError, request_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, ASGI headers and JSON body of the answer to `error` (middlewares and exception handlers)."""
+    body = json.dumps({"error": error.to_dict(), "request_id": request_id}).encode()
+    headers = [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode())]
+    if error.code in RETRY_AFTER_CODES:
+        headers.append((b"retry-after", str(max(1, round(error.retry_after_s or 1))).encode()))
+    return ERROR_STATUS[error.code], headers, body
+
+
+class ModelLoadError(RuntimeError):
+    """A model file (or its card) is missing or unusable; start-up stops with this one-line message."""

@@ -14,7 +14,6 @@ import cv2
 import numpy as np
 
 from service.coco import BOX_PADDING, PIXEL_STD
-from service.errors import PoseError
 
 ArrayLike = np.ndarray | Sequence[float]
 
@@ -84,7 +83,7 @@ def get_affine_transform(
     Three float32 points (center, a point half the box width above it, and the right-angle third point) are
     mapped with cv2.getAffineTransform. Only scale[0] is used, so the mapping is isotropic: the official
     code ignores scale[1] (the box was already grown to the output aspect ratio). A zero scale makes the
-    forward matrix singular (cv2 answers all zeros); validate_boxes refuses zero-size boxes for that reason.
+    forward matrix singular (cv2 answers all zeros); service.boxes refuses zero-size boxes for that reason.
     """
     center = np.asarray(center)
     scale = np.asarray(scale)
@@ -189,69 +188,3 @@ def heatmap_to_image(
     """(N, K, 2) heatmap coordinates -> (N, K, 2) float64 image pixels (official transform_preds per person)."""
     inverse = affine_matrices(centers, scales, heatmap_size_wh, inverse=True)
     return apply_affine(points_hm, inverse)
-
-
-# Detector scores are probabilities or logits; a larger one is a mistake and would overflow the rescored
-# person score (box score x mean keypoint score) to infinity.
-MAX_BOX_SCORE = 1e6
-
-
-def validate_boxes(
-    boxes: np.ndarray | Sequence[Sequence[float]], image_wh: Sequence[int], max_boxes: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Caller's boxes [x, y, w, h(, score)] -> (float64 (N, 4) xywh, float64 (N,) scores), or PoseError.
-
-    Refused: more than `max_boxes`; rows of other lengths; NaN/inf; width or height <= 0 (the official
-    code would build a singular matrix and answer garbage); boxes with no overlap with the image; negative
-    scores. A missing score is 1.0.
-    """
-    try:
-        count = len(boxes)
-    except TypeError:
-        raise PoseError("invalid_boxes", "boxes must be a list of [x, y, w, h] or [x, y, w, h, score].") from None
-    if count > max_boxes:
-        raise PoseError("too_many_boxes", f"{count} person boxes were sent; at most {max_boxes} are allowed.")
-    rows = _box_rows(boxes)
-    x, y, w, h, scores = rows.T
-    image_w, image_h = float(image_wh[0]), float(image_wh[1])
-    # Finite but absurd values (1e300) overflow the float32 center/scale and give NaN keypoints; no detector
-    # box is a hundred times larger than its image.
-    limit = 100.0 * max(image_w, image_h)
-    with np.errstate(invalid="ignore"):
-        absurd = (np.abs(rows[:, :4]) > limit).any(axis=1)
-    checks = (
-        (~np.isfinite(rows).all(axis=1), "contains NaN or infinite values"),
-        (absurd, f"has a value beyond +-{limit:g}, 100 times the image size"),
-        ((w <= 0) | (h <= 0), "has a width or height <= 0; both must be > 0"),
-        ((x >= image_w) | (y >= image_h) | (x + w <= 0) | (y + h <= 0),
-         f"lies entirely outside the {image_w:g}x{image_h:g} image"),
-        (scores < 0, "has a negative score"),
-        (scores > MAX_BOX_SCORE, f"has a score over {MAX_BOX_SCORE:g}"),
-    )
-    for bad, reason in checks:
-        if bad.any():
-            i = int(np.argmax(bad))
-            values = ", ".join(f"{v:g}" for v in rows[i, :4])
-            raise PoseError("invalid_boxes", f"box {i} [{values}] {reason}.")
-    return np.ascontiguousarray(rows[:, :4]), np.ascontiguousarray(scores)
-
-
-def _box_rows(boxes: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
-    """(N, 5) float64 rows x, y, w, h, score (score 1.0 where a row has 4 values)."""
-    if isinstance(boxes, np.ndarray):
-        if boxes.ndim != 2 or boxes.shape[1] not in (4, 5):
-            raise PoseError("invalid_boxes", f"boxes must have shape (N, 4) or (N, 5), got {boxes.shape}.")
-        out = np.ones((boxes.shape[0], 5), dtype=np.float64)
-        out[:, : boxes.shape[1]] = boxes
-        return out
-    rows = list(boxes)
-    out = np.ones((len(rows), 5), dtype=np.float64)
-    for i, row in enumerate(rows):
-        try:
-            values = np.asarray(row, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise PoseError("invalid_boxes", f"box {i} is not a list of numbers.") from None
-        if values.ndim != 1 or values.shape[0] not in (4, 5):
-            raise PoseError("invalid_boxes", f"box {i} must be [x, y, w, h] or [x, y, w, h, score].")
-        out[i, : values.shape[0]] = values
-    return out

@@ -63,13 +63,10 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
-    """Encoded image -> RGB uint8 (H, W, 3), C-contiguous, EXIF orientation applied.
+def read_header(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
+    """Every check that needs only the header, before any pixel is decoded: size, format, pixel count, frames.
 
-    The array is a read-only view of the decoded pixels (no extra copy); copy it before drawing on it.
-    Raises PoseError: empty_image, image_too_large, unsupported_image_format, corrupt_image,
-    image_too_complex (decoding work bounded from the file's structure first: service/decode_work.py),
-    image_too_many_pixels, animated_image_unsupported.
+    Returns the opened (not yet loaded) image; `.size` is its width and height.
     """
     size = len(data)
     if size == 0:
@@ -90,6 +87,18 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
             "animated_image_unsupported",
             f"The {image.format} image is animated ({image.n_frames} frames); send a single still image.",
         )
+    return image
+
+
+def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """Encoded image -> RGB uint8 (H, W, 3), C-contiguous, EXIF orientation applied.
+
+    The array is a read-only view of the decoded pixels (no extra copy); copy it before drawing on it.
+    Raises PoseError: empty_image, image_too_large, unsupported_image_format, corrupt_image,
+    image_too_complex (decoding work bounded from the file's structure first: service/decode_work.py),
+    image_too_many_pixels, animated_image_unsupported.
+    """
+    image = read_header(data, max_bytes, max_pixels)
     try:
         image.load()
     except Image.DecompressionBombError as exc:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,38 +14,22 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.backend import Backend, ModelLoadError, OrtBackend, ProviderStatus
+from service.admission import PixelBudget
+from service.api import register_routes
+from service.backend import OrtBackend
 from service.batching import MicroBatcher
-from service.errors import RETRY_AFTER_CODES, PoseError
+from service.codec import PoseCodec
+from service.errors import RETRY_AFTER_CODES, ModelLoadError, PoseError, error_body
 from service.metrics import Metrics
-from service.middleware import AccessControlMiddleware, RequestContextMiddleware, error_response_parts
-from service.modelcard import ModelCard, card_path_for
-from service.pipeline import Limits, PosePipeline
+from service.middleware import AccessControlMiddleware, RequestContextMiddleware
+from service.modelcard import read_card
+from service.serving import Limits, PoseService
 from service.settings import Settings
+from service.state import LoadedModel, ServiceState
 
 log = logging.getLogger(__name__)
 
 EXPORT_HINT = "create it with: python -m model_export export --arch w32_256x192 --random-init --output {path}"
-
-
-@dataclass
-class LoadedModel:
-    backend: Backend
-    card: ModelCard
-    card_found: bool
-    provider_status: ProviderStatus
-
-
-@dataclass
-class ServiceState:
-    settings: Settings
-    metrics: Metrics
-    model: LoadedModel | None = None
-    pipeline: PosePipeline | None = None
-    batcher: MicroBatcher | None = None
-    ready: bool = False
-    draining: bool = False
-    not_ready_reason: str = "starting: the model is not loaded yet"
 
 
 def load_model(settings: Settings) -> LoadedModel:
@@ -55,33 +38,13 @@ def load_model(settings: Settings) -> LoadedModel:
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}; " + EXPORT_HINT.format(path=path))
     try:
-        backend = OrtBackend(path, settings.provider, settings.intra_op_threads, settings.max_batch_size,
-                             settings.trt_cache_dir, settings.trt_fp16, settings.ort_spin)
+        backend = OrtBackend(path, provider=settings.provider, intra_op_threads=settings.intra_op_threads,
+                             max_batch=settings.max_batch_size, trt_cache_dir=settings.trt_cache_dir,
+                             trt_fp16=settings.trt_fp16, spin=settings.ort_spin)
     except ModelLoadError as exc:
         raise ModelLoadError(f"{exc}; " + EXPORT_HINT.format(path=path)) from None
     card, found = read_card(path, backend)
     return LoadedModel(backend, card, found, backend.status)
-
-
-def read_card(onnx_path: Path, backend: Backend) -> tuple[ModelCard, bool]:
-    """The card beside the ONNX file, with sizes as the model itself reports them; official defaults if absent."""
-    card_path = card_path_for(onnx_path)
-    if not card_path.is_file():
-        log.warning("no model card at %s: serving %s with the official HRNet defaults (RGB, ImageNet mean/std, "
-                    "COCO-17 order)", card_path, onnx_path)
-        return ModelCard.official_defaults(onnx_path.stem, backend.input_hw, backend.heatmap_hw), False
-    try:
-        card = ModelCard.read(card_path)
-    except ValueError as exc:
-        raise ModelLoadError(f"model card {card_path} is not valid: {str(exc).splitlines()[0]}") from None
-    if (card.input.height, card.input.width) != backend.input_hw or (card.output.height, card.output.width) != backend.heatmap_hw:
-        log.warning("model card %s disagrees with the ONNX shapes; using the model's", card_path)
-        card.input.height, card.input.width = backend.input_hw
-        card.output.height, card.output.width = backend.heatmap_hw
-    if len(card.keypoints) != backend.num_keypoints:
-        raise ModelLoadError(f"{card_path} lists {len(card.keypoints)} keypoints, the model outputs "
-                             f"{backend.num_keypoints}")
-    return card, True
 
 
 def create_app(settings: Settings | None = None, model: LoadedModel | None = None) -> FastAPI:
@@ -91,7 +54,7 @@ def create_app(settings: Settings | None = None, model: LoadedModel | None = Non
     state = ServiceState(settings=settings, metrics=metrics)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = model or await asyncio.to_thread(load_model, settings)
         await start_serving(state, loaded)
         try:
@@ -108,8 +71,6 @@ def create_app(settings: Settings | None = None, model: LoadedModel | None = Non
     )
     app.state.service = state
     install_error_handlers(app, metrics)
-    from service.api import register_routes
-
     register_routes(app)
     # add_middleware puts each one outside the ones before it: the stack is RequestContext > CORS > access control
     app.add_middleware(AccessControlMiddleware, metrics=metrics, api_keys=read_api_keys(settings),
@@ -128,13 +89,19 @@ async def start_serving(state: ServiceState, loaded: LoadedModel) -> None:
     backend = loaded.backend
     metrics.set_model(loaded.card.name, loaded.card.arch, loaded.card.trained, backend.provider)
     if not loaded.card.trained:
-        log.warning("serving an UNTRAINED model (%s): keypoints are meaningless", loaded.card.name)
+        log.warning("serving an UNTRAINED model (%s): %s", loaded.card.name, loaded.card.warning or
+                    "its keypoints are meaningless")
     await asyncio.to_thread(backend.warmup)
-    state.batcher = MicroBatcher(backend.infer, min(settings.max_batch_size, backend.max_batch_size),
-                                 settings.max_wait_ms / 1000, settings.max_queue_crops, metrics)
+    state.batcher = MicroBatcher(
+        infer=backend.infer, max_batch_size=min(settings.max_batch_size, backend.max_batch_size),
+        max_wait_s=settings.max_wait_ms / 1000, max_queue_crops=settings.max_queue_crops, metrics=metrics,
+    )
     state.batcher.start()
-    limits = Limits(settings.max_image_bytes, settings.max_image_pixels, settings.max_boxes)
-    state.pipeline = PosePipeline(loaded.card, state.batcher, limits, settings.request_timeout_s)
+    state.poser = PoseService(
+        codec=PoseCodec(loaded.card), batcher=state.batcher, metrics=metrics,
+        limits=Limits(settings.max_image_bytes, settings.max_image_pixels, settings.max_boxes),
+        pixels=PixelBudget(settings.max_inflight_pixels), request_timeout_s=settings.request_timeout_s,
+    )
     status = loaded.provider_status
     state.draining = False  # the same app may be started again after a shutdown (test clients do that)
     if status.ok or settings.allow_cpu_fallback:
@@ -147,19 +114,11 @@ async def start_serving(state: ServiceState, loaded: LoadedModel) -> None:
 
 
 async def stop_serving(state: ServiceState) -> None:
-    begin_drain(state)
+    state.begin_drain()
     if state.batcher is not None:
         await asyncio.to_thread(state.batcher.close)
-    if state.pipeline is not None:
-        state.pipeline.close()
-
-
-def begin_drain(state: ServiceState) -> None:
-    """Turn unready (load balancers stop sending) while admitted work finishes."""
-    state.ready = False
-    state.draining = True
-    state.not_ready_reason = "shutting down"
-    state.metrics.ready.set(0)
+    if state.poser is not None:
+        state.poser.close()
 
 
 def read_api_keys(settings: Settings) -> list[str]:
@@ -173,7 +132,7 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     def respond(request: Request, error: PoseError) -> Response:
         metrics.errors.labels(code=error.code).inc()
         request_id = getattr(request.state, "request_id", "-")
-        status, headers, body = error_response_parts(error, request_id)
+        status, headers, body = error_body(error, request_id)
         return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
 
     @app.exception_handler(PoseError)

@@ -12,12 +12,11 @@ The stack, outermost first:
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import time
 import uuid
 
-from service.errors import ERROR_STATUS, RETRY_AFTER_CODES, PoseError
+from service.errors import PoseError, error_body
 from service.logs import request_id_var
 from service.metrics import Metrics
 
@@ -25,15 +24,6 @@ log = logging.getLogger("service.access")
 
 PROBE_PATHS = ("/livez", "/readyz", "/metrics")
 OPEN_PATHS = ("/", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc")
-
-
-def error_response_parts(error: PoseError, request_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Status, headers and body of the JSON error answer (shared with the FastAPI exception handlers)."""
-    body = json.dumps({"error": error.to_dict(), "request_id": request_id}).encode()
-    headers = [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode())]
-    if error.code in RETRY_AFTER_CODES:
-        headers.append((b"retry-after", str(max(1, round(error.retry_after_s or 1))).encode()))
-    return ERROR_STATUS[error.code], headers, body
 
 
 class RequestContextMiddleware:
@@ -109,7 +99,7 @@ class AccessControlMiddleware:
         refusal = self._refusal(scope, dict(scope["headers"]))
         if refusal is None:
             return await self.app(scope, receive, send)
-        status, headers, body = error_response_parts(refusal, scope.get("state", {}).get("request_id", "-"))
+        status, headers, body = error_body(refusal, scope.get("state", {}).get("request_id", "-"))
         self.metrics.errors.labels(code=refusal.code).inc()
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -7,16 +7,25 @@ cannot disagree on a field. A bare ONNX file without a card gets `ModelCard.offi
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field
 
 from service import coco
+from service.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
 
 CARD_FORMAT = "hrnet-pose-model-card/1"
+# The registry name of the recommended official weights (model_export/fetch/registry.json).
+RECOMMENDED_WEIGHTS = "hrnet_w32_coco_256x192"
 UNTRAINED_WARNING = (
     "UNTRAINED MODEL: this ONNX file holds randomly initialised weights. Its keypoints are meaningless. "
-    "Export an official HRNet checkpoint to get real predictions (see README, 'Real weights')."
+    f"For real predictions run `make serve WEIGHTS={RECOMMENDED_WEIGHTS}` (or `python -m model_export fetch "
+    f"{RECOMMENDED_WEIGHTS}`), which downloads, verifies and exports the official checkpoint "
+    "(see README, 'Real weights')."
 )
 
 
@@ -41,8 +50,39 @@ class OutputSpec(BaseModel):
 
 class WeightsInfo(BaseModel):
     source: str = Field(description="'random-init' or the checkpoint the weights came from.")
-    checkpoint_sha256: str | None = None
+    checkpoint_sha256: str | None = Field(None, description="Full sha256 of the checkpoint file.")
     seed: int | None = None
+    registry_name: str | None = Field(None, description="Name in the weights registry (`python -m model_export "
+                                      "fetch --list`), for fetched weights.")
+    url: str | None = Field(None, description="Where the checkpoint is published, for fetched weights.")
+    ap: float | None = Field(None, description="COCO val2017 keypoint AP that the publisher reports for the "
+                             "checkpoint (not measured here).")
+
+
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+class QuantizationInfo(BaseModel):
+    """How an INT8 model was made from its float parent (`python -m model_export quantize`) and how closely it
+    agrees with it on held-out real crops."""
+
+    precision: Literal["int8"] = "int8"
+    format: str = Field("QDQ", description="ONNX QuantizeLinear/DequantizeLinear pairs around int8 operators.")
+    method: str = Field(description="Activation calibration, e.g. 'percentile 99.999', 'entropy', 'minmax'.")
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    per_channel: bool = True
+    reduce_range: bool = False
+    float_layers: dict[str, str] = Field({}, description="Node name -> why it stays in float.")
+    calibration: dict[str, str | int | float] = Field({}, description="Annotations, images and crop count used.")
+    held_out: dict[str, str | int | float] = Field({}, description="The held-out crops the agreement is measured on.")
+    parent_onnx: str = Field(description="File name of the float32 model this was quantized from.")
+    parent_sha256: str = Field(description="sha256 of that float32 ONNX file.")
+    parent_card_found: bool = True
+    agreement: dict[str, float | int | None] = Field({}, description="Against the float32 parent on held-out crops: "
+                                              "heatmap SQNR (dB), keypoint distances (image px) after the official "
+                                              "decode, share of joints within one heatmap pixel.")
+    layer_report: str | None = Field(None, description="File beside the model with each layer's SQNR.")
 
 
 class ModelCard(BaseModel):
@@ -62,6 +102,14 @@ class ModelCard(BaseModel):
     dynamic_batch: bool = True
     versions: dict[str, str] = {}
     export_check: dict[str, float | int | str | list[int]] = {}
+    quantization: QuantizationInfo | None = None
+
+    @property
+    def precision(self) -> Precision:
+        """int8 for a quantized model, fp16 for an FP16 export (its export check says so), else fp32."""
+        if self.quantization is not None:
+            return self.quantization.precision
+        return "fp16" if self.export_check.get("precision") == "fp16" else "fp32"
 
     @classmethod
     def official_defaults(cls, name: str, input_hw: tuple[int, int], heatmap_hw: tuple[int, int]) -> ModelCard:
@@ -88,3 +136,37 @@ class ModelCard(BaseModel):
 def card_path_for(onnx_path: Path) -> Path:
     """models/NAME.onnx -> models/NAME.json"""
     return onnx_path.with_suffix(".json")
+
+
+class ModelShapes(Protocol):
+    """What the runtime reports of a loaded model (a backend): the card is checked against it."""
+
+    input_hw: tuple[int, int]
+    heatmap_hw: tuple[int, int]
+    num_keypoints: int
+
+
+def read_card(onnx_path: Path, model: ModelShapes) -> tuple[ModelCard, bool]:
+    """The card beside the ONNX file, with sizes as the model itself reports them; official defaults if absent.
+
+    Returns (card, found). Raises ModelLoadError when the card is invalid or disagrees on the keypoint count.
+    """
+    card_path = card_path_for(onnx_path)
+    if not card_path.is_file():
+        log.warning("no model card at %s: serving %s with the official HRNet defaults (RGB, ImageNet mean/std, "
+                    "COCO-17 order)", card_path, onnx_path)
+        return ModelCard.official_defaults(onnx_path.stem, model.input_hw, model.heatmap_hw), False
+    try:
+        card = ModelCard.read(card_path)
+    except ValueError as exc:
+        raise ModelLoadError(f"model card {card_path} is not valid: {str(exc).splitlines()[0]}") from None
+    if (card.input.height, card.input.width) != model.input_hw or (
+        (card.output.height, card.output.width) != model.heatmap_hw
+    ):
+        log.warning("model card %s disagrees with the ONNX shapes; using the model's", card_path)
+        card.input.height, card.input.width = model.input_hw
+        card.output.height, card.output.width = model.heatmap_hw
+    if len(card.keypoints) != model.num_keypoints:
+        raise ModelLoadError(f"{card_path} lists {len(card.keypoints)} keypoints, the model outputs "
+                             f"{model.num_keypoints}")
+    return card, True

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
-
-BoxFormat = Literal["xywh", "xyxy"]
-
+from pydantic import BaseModel, Field
 
 class ErrorBody(BaseModel):
     code: str = Field(description="Stable machine-readable error code, e.g. 'corrupt_image'.")
@@ -54,21 +49,6 @@ class PoseResponse(BaseModel):
     persons: list[Person]
     timings_ms: dict[str, float] = Field(description="Per-stage latency: decode, preprocess, queue, inference, "
                                          "postprocess.")
-
-
-class BatchItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    image_base64: str = Field(description="The image file (JPEG, PNG, WebP, BMP), base64-encoded.")
-    boxes: list[list[float]] | None = Field(
-        None, description="Person boxes [x, y, w, h(, score)]; omitted or null: the whole image is one person."
-    )
-
-
-class BatchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    items: list[BatchItem] = Field(min_length=1)
-    box_format: BoxFormat = "xywh"
-    flip: bool | None = Field(None, description="Flip test; default from the service settings.")
 
 
 class BatchItemResult(BaseModel):

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest accepted image file.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest accepted width x height.")
     max_boxes: int = Field(100, ge=1, description="Most person boxes per image.")
+    max_inflight_pixels: int = Field(
+        120_000_000, ge=1, description="Decoded image pixels held at once across all requests (each costs about 6 "
+        "bytes while decoding); beyond it new requests get 429. An idle service admits any one image."
+    )
     max_batch_items: int = Field(32, ge=1, description="Most images in one /v1/pose/batch call.")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest accepted request body.")
 
@@ -51,6 +55,16 @@ class Settings(BaseSettings):
     # server
     host: str = Field("127.0.0.1", description="Bind address.")
     port: int = Field(8000, description="Bind port.")
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="Largest request line plus headers; beyond it "
+                                  "431 and the connection is closed.")
+    header_timeout_s: float = Field(10.0, gt=0, description="A request's line and headers must arrive within this "
+                                    "long of its first byte (of the connection's opening for the first one): 408.")
+    body_timeout_s: float = Field(10.0, gt=0, description="Body progress window: each window must bring "
+                                  "POSE_BODY_MIN_BYTES_PER_S x this many bytes (at least one), else 408 and close.")
+    body_min_bytes_per_s: float = Field(1024.0, ge=0, description="Slowest accepted body upload rate, averaged over "
+                                        "each POSE_BODY_TIMEOUT_S window.")
+    keep_alive_timeout_s: int = Field(5, ge=1, description="An idle keep-alive connection is closed after this "
+                                        "long; behind a proxy, set it above the proxy's own idle timeout.")
     shutdown_delay_s: float = Field(
         5.0, ge=0, description="On SIGTERM: report unready (503 on /readyz) and keep serving this long, so load "
         "balancers stop sending, before the server stops accepting and drains in-flight requests."

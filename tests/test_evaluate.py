@@ -130,7 +130,7 @@ def test_evaluate_help_documents_the_command() -> None:
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     for phrase in ("--model", "--annotations", "--images", "--detections", "--flip", "--no-flip", "--url",
-                   "--json-out", "COCOeval", "OKS-NMS", "0.2", "PosePipeline"):
+                   "--json-out", "COCOeval", "OKS-NMS", "0.2", "PoseCodec"):
         assert phrase in out.stdout, phrase
 
 

@@ -36,8 +36,8 @@ def test_fp16_export_holds_half_precision_weights_behind_float32_io(exports):
 def test_fp16_heatmaps_stay_within_the_stated_tolerance_on_the_reference_input(exports, reference_npz):
     folder, _, _ = exports
     x = reference_npz("tiny_forward.npz")["input"]
-    fp32 = OrtBackend(folder / "tiny32.onnx", "cpu").infer(x)
-    fp16 = OrtBackend(folder / "tiny16.onnx", "cpu").infer(x)  # the service's backend runs it unchanged
+    fp32 = OrtBackend(folder / "tiny32.onnx", provider="cpu").infer(x)
+    fp16 = OrtBackend(folder / "tiny16.onnx", provider="cpu").infer(x)  # the service's backend runs it unchanged
     assert fp16.dtype == np.float32
     assert np.abs(fp16 - fp32).max() <= FP16_RELATIVE_TOLERANCE * np.abs(fp32).max()
 

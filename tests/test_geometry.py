@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from service.coco import IMAGENET_MEAN, IMAGENET_STD
-from service.errors import PoseError
 from service.geometry import (
     box_to_center_scale,
     boxes_to_centers_scales,
@@ -15,7 +14,6 @@ from service.geometry import (
     get_affine_transform,
     heatmap_to_image,
     normalize_crops,
-    validate_boxes,
     xyxy_to_xywh,
 )
 
@@ -166,47 +164,3 @@ def test_normalize_crops_handles_a_non_contiguous_batch_and_rejects_floats():
 def test_xyxy_to_xywh_keeps_extra_columns():
     got = xyxy_to_xywh(np.array([[10, 20, 110, 220, 0.9]]))
     np.testing.assert_array_equal(got, [[10, 20, 100, 200, 0.9]])
-
-
-def test_validate_boxes_accepts_scores_and_partly_outside_boxes():
-    boxes, scores = validate_boxes([[10, 20, 30, 40], [-5, -5, 20, 20, 0.5]], (100, 80), max_boxes=4)
-    assert boxes.dtype == np.float64 and boxes.shape == (2, 4) and boxes.flags.c_contiguous
-    np.testing.assert_array_equal(scores, [1.0, 0.5])
-    boxes, scores = validate_boxes(np.array([[1.0, 2, 3, 4, 0.25]]), (100, 80), max_boxes=1)
-    np.testing.assert_array_equal(boxes, [[1, 2, 3, 4]])
-    assert validate_boxes([], (100, 80), max_boxes=1)[0].shape == (0, 4)
-
-
-@pytest.mark.parametrize(
-    "boxes,code,words",
-    [
-        ([[float("nan"), 0, 10, 10]], "invalid_boxes", "NaN"),
-        ([[0, 0, float("inf"), 10]], "invalid_boxes", "infinite"),
-        ([[0, 0, 0, 10]], "invalid_boxes", "width or height"),
-        ([[0, 0, 10, -3]], "invalid_boxes", "width or height"),
-        ([[0, 0, 0, 0]], "invalid_boxes", "width or height"),
-        ([[1000, 10, 50, 50]], "invalid_boxes", "outside"),
-        ([[-500, -500, 100, 100]], "invalid_boxes", "outside"),
-        ([[10, 10, 50, 50], [100, 0, 5, 5]], "invalid_boxes", "box 1"),  # x == image width
-        ([[0, 0, 10]], "invalid_boxes", "[x, y, w, h]"),
-        ([[0, 0, 10, 10, 0.5, 7]], "invalid_boxes", "[x, y, w, h]"),
-        ([["a", 0, 10, 10]], "invalid_boxes", "numbers"),
-        ([[0, 0, 10, 10, -0.1]], "invalid_boxes", "negative score"),
-        (np.zeros((2, 3)), "invalid_boxes", "shape"),
-        (None, "invalid_boxes", "list of"),
-        ([[0, 0, 10, 10]] * 5, "too_many_boxes", "at most 4"),
-    ],
-)
-def test_validate_boxes_refusals(boxes, code, words):
-    with pytest.raises(PoseError) as info:
-        validate_boxes(boxes, (100, 80), max_boxes=4)
-    assert info.value.code == code
-    assert words in info.value.message
-
-
-def test_absurdly_large_finite_boxes_are_refused_before_they_overflow_float32():
-    with pytest.raises(PoseError) as error:
-        validate_boxes([[10, 10, 1e300, 1e300]], (640, 480), 10)
-    assert error.value.code == "invalid_boxes" and "100 times the image size" in error.value.message
-    xywh, _ = validate_boxes([[-500, -500, 3000, 3000]], (640, 480), 10)  # large but plausible: kept
-    assert xywh.shape == (1, 4)

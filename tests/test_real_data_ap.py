@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.geometry import boxes_to_centers_scales, get_affine_transform, validate_boxes
+from service.boxes import validate_boxes
+from service.geometry import boxes_to_centers_scales, get_affine_transform
 from service.heatmaps import decode_heatmaps, rescore_person
 from service.imaging import decode_image
 from conftest import require_shared  # tests/conftest.py (pytest puts tests/ on sys.path)
@@ -124,14 +125,18 @@ def test_ideal_heatmaps_decode_to_coco_ap_above_095(name):
 
 
 def service_pipeline_results(folder: Path, images: dict, persons: list[dict]) -> list[dict]:
-    """The same check through the service's own PosePipeline: image bytes and GT boxes in, the batcher and a
-    fake backend that answers each crop with the ideal heatmaps of its person, the pipeline's decode out."""
+    """The same check through the service's own serving layer: image bytes and GT boxes in, the batcher and a
+    fake backend that answers each crop with the ideal heatmaps of its person, the codec's decode out."""
     import asyncio
     from collections import deque
 
+    from service.admission import PixelBudget
     from service.batching import MicroBatcher
+    from service.codec import PoseCodec
+    from service.metrics import Metrics
     from service.modelcard import ModelCard
-    from service.pipeline import Limits, PosePipeline, parse_boxes
+    from service.request import RequestDefaults, build_request
+    from service.serving import Limits, PoseService
 
     queued: deque[np.ndarray] = deque()
 
@@ -139,9 +144,12 @@ def service_pipeline_results(folder: Path, images: dict, persons: list[dict]) ->
         return np.stack([queued.popleft() for _ in range(len(batch))])
 
     card = ModelCard.official_defaults("ideal-heatmaps", (256, 192), (HEATMAP_WH[1], HEATMAP_WH[0]))
-    batcher = MicroBatcher(fake_infer, max_batch_size=4, max_wait_s=0.0)
+    batcher = MicroBatcher(infer=fake_infer, max_batch_size=4, max_wait_s=0.0)
     batcher.start()
-    pipeline = PosePipeline(card, batcher, Limits(50_000_000, 50_000_000, 100), request_timeout_s=30)
+    poser = PoseService(codec=PoseCodec(card), batcher=batcher, metrics=Metrics(),
+                        limits=Limits(50_000_000, 50_000_000, 100), pixels=PixelBudget(50_000_000),
+                        request_timeout_s=30)
+    defaults = RequestDefaults(flip=False, max_boxes=100)
     results = []
     try:
         for image_id in sorted({p["image_id"] for p in persons}):
@@ -153,12 +161,14 @@ def service_pipeline_results(folder: Path, images: dict, persons: list[dict]) ->
                 forward = get_affine_transform(center, scale, HEATMAP_WH)
                 queued.append(ideal_heatmaps(gt[:, :2] @ forward[:, :2].T + forward[:, 2], (gt[:, 2] > 0) * 1.0))
             data = (folder / images[image_id]["file_name"]).read_bytes()
-            result = asyncio.run(pipeline.estimate(data, parse_boxes([p["bbox"] for p in own], "xywh"), flip=False))
+            request = build_request(data, {"boxes": [p["bbox"] for p in own]}, defaults)
+            result = asyncio.run(poser.estimate(request))
             for person in result.persons:
                 results.append({"image_id": image_id, "category_id": 1, "score": person.score,
                                 "keypoints": person.keypoints.reshape(-1).astype(float).tolist()})
     finally:
         batcher.close()
+        poser.close()
     assert not queued, "every ideal heatmap was consumed by exactly one crop"
     return results
 

@@ -32,7 +32,7 @@ def official_tiny_onnx(tmp_path_factory):
 
 def test_tiny_model_through_the_service_backend_reproduces_official_predictions(official_tiny_onnx, reference_npz):
     ref = reference_npz("tiny_forward.npz")
-    backend = OrtBackend(official_tiny_onnx, "cpu", max_batch=4)
+    backend = OrtBackend(official_tiny_onnx, provider="cpu", max_batch=4)
     inputs = ref["input"]
     # the service's flip test: originals and mirrored inputs in one batch, as the pipeline sends them
     maps = backend.infer(np.concatenate([inputs, inputs[..., ::-1]]))
@@ -77,7 +77,7 @@ def test_fixed_batch_model_runs_crop_by_crop_with_the_same_answer(tiny_onnx, tmp
     fixed = tmp_path / "fixed.onnx"
     fixed_batch_copy(tiny_onnx, fixed)
     shutil.copy(tiny_onnx.with_suffix(".json"), fixed.with_suffix(".json"))
-    backend = OrtBackend(fixed, "cpu", max_batch=8)
+    backend = OrtBackend(fixed, provider="cpu", max_batch=8)
     assert backend.fixed_batch == 1 and backend.batch_sizes == [1]
     boxes = '[[10, 20, 60, 120], [80, 40, 50, 100], [0, 0, 160, 240]]'
     answers = []
@@ -92,7 +92,7 @@ def test_fixed_batch_model_runs_crop_by_crop_with_the_same_answer(tiny_onnx, tmp
 
 
 def test_batches_are_padded_to_warmed_up_sizes(tiny_onnx):
-    backend = OrtBackend(tiny_onnx, "cpu", max_batch=8)
+    backend = OrtBackend(tiny_onnx, provider="cpu", max_batch=8)
     seen = []
     real_run = backend._run
     backend._run = lambda batch: seen.append(len(batch)) or real_run(batch)

@@ -5,18 +5,24 @@ from __future__ import annotations
 from fastapi import Request
 
 from service.errors import PoseError
-from service.main import ServiceState
-from service.pipeline import PosePipeline
+from service.request import RequestDefaults
+from service.serving import PoseService
+from service.state import ServiceState
 
 
 def service_state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-def ready_pipeline(request: Request) -> PosePipeline:
+def ready_service(request: Request) -> PoseService:
     state = service_state(request)
     if state.draining:
         raise PoseError("shutting_down", "the service is shutting down", retry_after_s=1)
-    if state.pipeline is None or not state.ready:
+    if state.poser is None or not state.ready:
         raise PoseError("not_ready", f"not ready: {state.not_ready_reason}", retry_after_s=5)
-    return state.pipeline
+    return state.poser
+
+
+def request_defaults(request: Request) -> RequestDefaults:
+    settings = service_state(request).settings
+    return RequestDefaults(flip=settings.flip_test, max_boxes=settings.max_boxes)

@@ -23,7 +23,7 @@ from service.bench import baselines
 from service.bench.http_load import http_load, peak_rss_bytes, running_service, stage_means_ms, stage_totals
 from service.bench.stats import Phase
 from service.bench.workload import DEFAULT_PEOPLE_DIR, load_photos
-from service.main import read_card
+from service.modelcard import read_card
 
 STAGE_ORDER = ("decode", "preprocess", "queue", "inference", "postprocess")
 TARGETS = {  # issue 4, 2-core CPU, W32 256x192
@@ -53,7 +53,7 @@ def measure(args) -> dict:
     drift on a shared machine hits the service and its baselines alike. The server idles (no CPU) while the
     in-process baselines run."""
     single, multi = load_photos(args.people)
-    backend = OrtBackend(args.model, "cpu", max_batch=args.max_batch_size)
+    backend = OrtBackend(args.model, provider="cpu", max_batch=args.max_batch_size)
     card, _ = read_card(args.model, backend)
     best, sweep = baselines.best_batch_size(backend, budget_s=4 * args.slice_seconds)
     ort_one = baselines.ort_per_crop_infer(args.model)

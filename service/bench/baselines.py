@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from service import geometry, heatmaps
 from service.backend import OrtBackend
 from service.bench.stats import Phase
 from service.bench.workload import Photo
+from service.boxes import parse_boxes
+from service.codec import PoseCodec
 from service.imaging import decode_image
 from service.modelcard import ModelCard
 
@@ -41,21 +42,21 @@ def best_batch_size(backend: OrtBackend, budget_s: float, batch_sizes=(1, 2, 4, 
 
 def per_crop_pipeline(name: str, photos: list[Photo], card: ModelCard, infer_one: Callable[[np.ndarray], np.ndarray],
                       budget_s: float) -> Phase:
-    """One request at a time, one crop at a time: decode, crop, normalise, infer, decode heatmaps."""
-    input_wh = (card.input.width, card.input.height)
+    """One request at a time, one crop at a time, through the service's own codec: decode, crop, normalise,
+    infer, decode heatmaps."""
+    codec = PoseCodec(card)
     latencies, crops, started = [], 0, time.perf_counter()
     for photo in cycle(photos):
         if time.perf_counter() - started >= budget_s:
             break
         t = time.perf_counter()
         image = decode_image(photo.data, 50_000_000, 100_000_000)
-        boxes, _ = geometry.validate_boxes(photo.boxes, (image.shape[1], image.shape[0]), 1000)
-        centers, scales = geometry.boxes_to_centers_scales(boxes, aspect_ratio=input_wh[0] / input_wh[1])
-        for center, scale in zip(centers, scales):
-            crop = geometry.crop_person(image, center, scale, input_wh)
-            x = geometry.normalize_crops(crop[None], card.input.mean, card.input.std, card.input.value_scale)
-            heatmaps.decode_heatmaps(infer_one(x), center[None], scale[None])
-        crops += len(boxes)
+        rows = parse_boxes(photo.boxes)
+        assert rows is not None
+        for i in range(len(rows)):
+            prepared = codec.crops(image, rows[i : i + 1], flip=False)
+            codec.persons(prepared, infer_one(prepared.inputs))
+        crops += len(rows)
         latencies.append(time.perf_counter() - t)
     return Phase(name, len(latencies), crops, time.perf_counter() - started, latencies)
 
@@ -82,5 +83,5 @@ def torch_eager_infer(card: ModelCard) -> Callable[[np.ndarray], np.ndarray] | N
 
 
 def ort_per_crop_infer(model_path: Path, intra_op_threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
-    backend = OrtBackend(model_path, "cpu", intra_op_threads, max_batch=1)
+    backend = OrtBackend(model_path, provider="cpu", intra_op_threads=intra_op_threads, max_batch=1)
     return backend.infer

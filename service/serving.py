@@ -1,0 +1,237 @@
+"""The serving layer: the pure pose codec run for concurrent requests, with admission, deadlines and metrics.
+
+    admission (crops announced, pixels reserved from the header) -> decode + crops (worker thread, deadline)
+    -> micro-batcher (inference) -> heatmaps to persons (worker thread) -> PoseResult
+
+Each stage's latency is recorded here, where it runs. Nothing here knows HTTP: the routers turn PoseRequests
+into PoseResults through `estimate` / `estimate_many` and serialise them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from service.admission import PixelBudget, PixelReservation
+from service.batching import MicroBatcher
+from service.boxes import whole_image_box
+from service.codec import PersonPose, PoseCodec, Prepared
+from service.errors import PoseError
+from service.imaging import decode_image, read_header
+from service.metrics import Metrics
+from service.request import PoseRequest
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_image_bytes: int
+    max_image_pixels: int
+    max_boxes: int
+
+
+@dataclass
+class PoseResult:
+    image_wh: tuple[int, int]
+    flip: bool
+    persons: list[PersonPose]
+    timings_s: dict[str, float]
+    image: np.ndarray | None = None  # the decoded RGB image, kept only when asked for (render)
+    reservation: PixelReservation | None = None  # its pixels, held while the image is kept
+
+    def release_image(self) -> None:
+        self.image = None
+        if self.reservation is not None:
+            self.reservation.release()
+
+
+@dataclass
+class _Decoded:
+    image: np.ndarray
+    prepared: Prepared
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+class PoseService:
+    """Owns the preparation threads; the batcher is started and closed by whoever built it (the app)."""
+
+    def __init__(
+        self,
+        *,
+        codec: PoseCodec,
+        batcher: MicroBatcher,
+        metrics: Metrics,
+        limits: Limits,
+        pixels: PixelBudget,
+        request_timeout_s: float,
+        workers: int | None = None,
+    ) -> None:
+        self.codec = codec
+        self.batcher = batcher
+        self.metrics = metrics
+        self.limits = limits
+        self.pixels = pixels
+        self.request_timeout_s = request_timeout_s
+        self.executor = ThreadPoolExecutor(max_workers=workers or max(4, 2 * (os.cpu_count() or 2)),
+                                           thread_name_prefix="pose-prepare", initializer=_yield_to_inference)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False)
+
+    # -- one image -----------------------------------------------------------------------------------------
+    async def estimate(self, request: PoseRequest) -> PoseResult:
+        """Raises PoseError: a refusal of the image or its boxes (4xx), overloaded (429), shutting_down (503),
+        deadline_exceeded (504) or inference_failed (500)."""
+        return await self._estimate(request, keep_image=False)
+
+    async def render(self, request: PoseRequest, draw: Callable[[np.ndarray, list[PersonPose]], bytes],
+                     ) -> tuple[PoseResult, bytes]:
+        """estimate, then `draw(image, persons) -> encoded bytes` in a worker thread; the image's pixels stay
+        reserved until it is drawn."""
+        deadline = time.monotonic() + self.request_timeout_s
+        result = await self._estimate(request, keep_image=True)
+        try:
+            assert result.image is not None
+            encoded = await self._in_worker(deadline, draw, result.image, result.persons)
+        finally:
+            result.release_image()
+        return result, encoded
+
+    async def _estimate(self, request: PoseRequest, keep_image: bool) -> PoseResult:
+        deadline = time.monotonic() + self.request_timeout_s
+        boxes = request.boxes
+        expected_crops = (1 if boxes is None else len(boxes)) * (2 if request.flip else 1)
+        width, height = read_header(request.image, self.limits.max_image_bytes, self.limits.max_image_pixels).size
+        announcement = self.batcher.announce(expected_crops)  # refuses now when the crops would be refused
+        reservation: PixelReservation | None = None
+        try:
+            reservation = self.pixels.reserve(width * height)
+            decoded = await self._in_worker(deadline, self._decode_and_crop, request, reservation, keep_image)
+            timings = dict(decoded.timings_s)
+            prepared = decoded.prepared
+            if len(prepared.inputs):
+                batch = await self.batcher.submit(prepared.inputs, deadline, announcement)
+                maps = batch.heatmaps
+                timings |= {"queue": batch.queue_s, "inference": batch.inference_s}
+            else:  # an explicit empty box list: nobody to look at
+                announcement.release()
+                maps = np.zeros((0,), np.float32)
+                timings |= {"queue": 0.0, "inference": 0.0}
+            started = time.perf_counter()
+            # off the event loop too: with many boxes and the flip test, decoding takes tens of milliseconds
+            persons = await self._in_worker(deadline, self.codec.persons, prepared, maps)
+            timings["postprocess"] = time.perf_counter() - started
+        except BaseException:
+            announcement.release()
+            if keep_image and reservation is not None:
+                reservation.release()
+            raise
+        self._record(timings, len(persons))
+        if keep_image:
+            return PoseResult(prepared.image_wh, prepared.flip, persons, timings, decoded.image, reservation)
+        return PoseResult(prepared.image_wh, prepared.flip, persons, timings)
+
+    def _decode_and_crop(self, request: PoseRequest, reservation: PixelReservation, keep_image: bool) -> _Decoded:
+        """In a worker thread. The pixels stay reserved while the full image exists: until the crops are made,
+        or (keep_image) until the request is done with it."""
+        try:
+            started = time.perf_counter()
+            image = decode_image(request.image, self.limits.max_image_bytes, self.limits.max_image_pixels)
+            decoded = time.perf_counter()
+            height, width = image.shape[:2]
+            boxes = whole_image_box((width, height)) if request.boxes is None else request.boxes
+            prepared = self.codec.crops(image, boxes, request.flip)
+            timings = {"decode": decoded - started, "preprocess": time.perf_counter() - decoded}
+            return _Decoded(image, prepared, timings)
+        finally:
+            if not keep_image:
+                reservation.release()
+
+    async def _in_worker(self, deadline: float, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` in a preparation thread under the request's deadline (the thread itself cannot be stopped;
+        its result is dropped)."""
+        context = contextvars.copy_context()  # keeps the request ID for any log line
+        future = asyncio.get_running_loop().run_in_executor(self.executor, context.run, fn, *args)
+        try:
+            return await asyncio.wait_for(future, timeout=max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            raise PoseError("deadline_exceeded", "the request's deadline passed while its image was being prepared",
+                            retry_after_s=self.batcher.retry_after_s) from None
+
+    def _record(self, timings_s: dict[str, float], persons: int) -> None:
+        for stage, seconds in timings_s.items():
+            self.metrics.stage_latency.labels(stage=stage).observe(seconds)
+        self.metrics.persons_per_image.observe(persons)
+
+    # -- a batch call ----------------------------------------------------------------------------------------
+    async def estimate_many(self, requests: Sequence[PoseRequest | PoseError],
+                            concurrency: int = 4) -> list[PoseResult | PoseError]:
+        """Every item's result or error, in order (items that failed to parse are passed through).
+
+        A call admits its own items: an item refused as overloaded while the call's own items hold the capacity
+        waits for one of them and tries again, so an acceptable call on an idle server is never refused in part.
+        The first item runs alone: if it is refused as overloaded, the whole call is (429), before other work.
+        """
+        results: list[PoseResult | PoseError | None] = [r if isinstance(r, PoseError) else None for r in requests]
+        pending = [(i, r) for i, r in enumerate(requests) if isinstance(r, PoseRequest)]
+        own = _OwnItems()
+        if pending:
+            index, first = pending[0]
+            results[index] = await own.run(lambda: self.estimate(first), refuse_call=True)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(index: int, item: PoseRequest) -> None:
+            async with gate:
+                results[index] = await own.run(lambda: self.estimate(item))
+
+        await asyncio.gather(*(one(i, r) for i, r in pending[1:]))
+        return [r for r in results if r is not None]
+
+def _yield_to_inference() -> None:
+    """Preparation threads run at a lower CPU priority than inference. On a CPU-only host both compete for the
+    same cores; ONNX Runtime splits each op across its threads and waits for the slowest, so a preparation
+    thread that preempts one of them stalls them all. Niced, preparation fills the gaps instead."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
+        pass
+
+
+class _OwnItems:
+    """The items of one batch call in flight; an overloaded item waits while its siblings hold the capacity."""
+
+    def __init__(self) -> None:
+        self.inflight = 0
+        self.finished = 0
+        self._changed = asyncio.Event()
+
+    async def run(self, attempt: Callable[[], Awaitable[PoseResult]], refuse_call: bool = False) -> PoseResult | PoseError:
+        while True:
+            self.inflight += 1
+            try:
+                return await attempt()
+            except PoseError as error:
+                if error.code != "overloaded":
+                    return error
+                if self.inflight <= 1:  # nothing of ours holds the capacity: others do
+                    if refuse_call:
+                        raise
+                    return error
+                seen = self.finished
+            finally:
+                self.inflight -= 1
+                self.finished += 1
+                self._changed.set()
+                self._changed = asyncio.Event()
+            while self.finished == seen + 1:  # + 1: our own failed attempt
+                await self._changed.wait()
