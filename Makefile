@@ -19,10 +19,11 @@ PORT ?= 8000
 
 .PHONY: install model serve test test-slow bench lint typecheck
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[$(EXTRAS)]'
+	$(PY) -m pip install -e ./client  # pose_client: its own package (httpx only), tested with the service
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,0 +1,48 @@
+"""Typed Python client for the HRNet pose service (README "Calling it from other services").
+
+    from pose_client import PoseClient
+
+    with PoseClient("http://127.0.0.1:8000") as client:
+        result = client.pose("photo.jpg", boxes=[[10, 20, 100, 200]])
+        nose = result.persons[0].keypoints[0]
+"""
+
+from pose_client.aio import AsyncPoseClient
+from pose_client.client import PoseClient
+from pose_client.errors import (
+    DeadlineExceededError,
+    InvalidRequestError,
+    OverloadedError,
+    PoseAPIError,
+    PoseClientError,
+    PoseConnectionError,
+    PoseTimeoutError,
+    ServerError,
+    UnauthorizedError,
+    UnavailableError,
+)
+from pose_client.models import ImageSize, Keypoint, ModelInfo, Person, PoseResult, RenderedImage
+from pose_client.retry import RetryPolicy
+
+__all__ = [
+    "AsyncPoseClient",
+    "DeadlineExceededError",
+    "ImageSize",
+    "InvalidRequestError",
+    "Keypoint",
+    "ModelInfo",
+    "OverloadedError",
+    "Person",
+    "PoseAPIError",
+    "PoseClient",
+    "PoseClientError",
+    "PoseConnectionError",
+    "PoseResult",
+    "PoseTimeoutError",
+    "RenderedImage",
+    "RetryPolicy",
+    "ServerError",
+    "UnauthorizedError",
+    "UnavailableError",
+]
+__version__ = "0.1.0"

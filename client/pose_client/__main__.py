@@ -1,0 +1,3 @@
+from pose_client.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""AsyncPoseClient: the asyncio client, the same calls as PoseClient. `max_concurrency` bounds the requests in
+flight across every task that shares it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any, Literal, overload
+
+import httpx
+
+from pose_client.calls import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_TIMEOUT_S,
+    Call,
+    auth_headers,
+    delay_after_error,
+    delay_after_response,
+    pose_call,
+    pose_result,
+    render_call,
+    rendered_image,
+)
+from pose_client.errors import PoseClientError
+from pose_client.inputs import Box, ImageInput, boxes_per_image, read_image
+from pose_client.models import PoseResult, RenderedImage
+from pose_client.progress import make_progress
+from pose_client.retry import RetryPolicy, RetryState
+
+
+class AsyncPoseClient:
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT_S,
+                 max_concurrency: int = DEFAULT_CONCURRENCY, max_retries: int = 5,
+                 retry: RetryPolicy | None = None, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self.base_url = base_url.rstrip("/")
+        self.max_concurrency = max_concurrency
+        self.retry = retry or RetryPolicy(max_retries=max_retries)
+        self._gate = asyncio.Semaphore(max_concurrency)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers=auth_headers(api_key), timeout=timeout, transport=transport,
+            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
+        )
+
+    async def __aenter__(self) -> AsyncPoseClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- calls ----------------------------------------------------------------------------------
+    async def pose(self, image: ImageInput, boxes: Sequence[Box] | None = None, flip: bool | None = None,
+                   box_format: str = "xywh") -> PoseResult:
+        """Keypoints of the people in one image. boxes None: the whole image is one person; []: nobody."""
+        return pose_result(await self._send(pose_call(read_image(image), boxes, flip, box_format)))
+
+    async def render(self, image: ImageInput, boxes: Sequence[Box] | None = None, flip: bool | None = None,
+                     box_format: str = "xywh", format: str = "jpeg") -> RenderedImage:
+        return rendered_image(await self._send(render_call(read_image(image), boxes, flip, box_format, format)))
+
+    async def model(self) -> dict[str, Any]:
+        card: dict[str, Any] = (await self._send(Call("GET", "/v1/model"))).json()
+        return card
+
+    @overload
+    async def pose_many(self, images: Sequence[ImageInput], boxes: Sequence[Sequence[Box] | None] | None = None,
+                        flip: bool | None = None, box_format: str = "xywh", progress: bool = False,
+                        return_exceptions: Literal[False] = False) -> list[PoseResult]: ...
+
+    @overload
+    async def pose_many(self, images: Sequence[ImageInput], boxes: Sequence[Sequence[Box] | None] | None = None,
+                        flip: bool | None = None, box_format: str = "xywh", progress: bool = False, *,
+                        return_exceptions: Literal[True]) -> list[PoseResult | PoseClientError]: ...
+
+    async def pose_many(self, images: Sequence[ImageInput], boxes: Sequence[Sequence[Box] | None] | None = None,
+                        flip: bool | None = None, box_format: str = "xywh", progress: bool = False,
+                        return_exceptions: bool = False) -> list[PoseResult] | list[PoseResult | PoseClientError]:
+        """One result per image, in input order. A fixed set of `max_concurrency` workers takes the images in turn,
+        so only that many are read into memory at once. With return_exceptions, a failed image's entry is its
+        exception; otherwise the first failure cancels the rest and is raised."""
+        per_image = boxes_per_image(len(images), boxes)
+        bar = make_progress(len(images), progress)
+        results: list[Any] = [None] * len(images)
+        indices = iter(range(len(images)))
+
+        async def worker() -> None:
+            for index in indices:  # one shared iterator: each index goes to exactly one worker
+                try:
+                    results[index] = await self.pose(images[index], per_image[index], flip, box_format)
+                except PoseClientError as error:
+                    if not return_exceptions:
+                        raise
+                    results[index] = error
+                finally:
+                    bar.update(1)
+
+        workers = [asyncio.create_task(worker()) for _ in range(min(self.max_concurrency, len(images)))]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            bar.close()
+        return results
+
+    # -- transport ------------------------------------------------------------------------------
+    async def _send(self, call: Call) -> httpx.Response:
+        state = RetryState(self.retry)
+        async with self._gate:  # held while waiting to retry too: a shed client must not add load elsewhere
+            while True:
+                try:
+                    response = await self._http.request(call.method, call.path, **call.request_kwargs())
+                except httpx.HTTPError as error:
+                    await asyncio.sleep(delay_after_error(error, state, self.base_url + call.path))
+                    continue
+                if response.is_success:
+                    return response
+                await asyncio.sleep(delay_after_response(response, state))
