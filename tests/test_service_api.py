@@ -5,13 +5,17 @@ from __future__ import annotations
 import base64
 import json
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from service.backend import ProviderStatus
 from service.coco import KEYPOINT_NAMES, SKELETON
-from service.main import create_app
+from service.main import LoadedModel, create_app
+from service.modelcard import ModelCard
+from service.render import LIMB_COLOR
 from service.settings import Settings
-from tests.conftest import jpeg_bytes
+from tests.helpers import assert_error, decode_rgb, jpeg_bytes, png_bytes
 
 STAGES = {"decode", "preprocess", "queue", "inference", "postprocess"}
 
@@ -25,13 +29,6 @@ def client(tiny_onnx):
 
 def post_image(client, data: bytes, **form):
     return client.post("/v1/pose", files={"image": ("photo.jpg", data, "image/jpeg")}, data=form)
-
-
-def assert_error(response, status: int, code: str):
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["error"]["code"] == code and body["error"]["message"]
-    assert body["request_id"] == response.headers["x-request-id"]
 
 
 def test_probes(client):
@@ -62,7 +59,7 @@ def test_boxes_give_one_person_each_with_keypoints_near_the_box(client):
     body = post_image(client, jpeg_bytes(), boxes=json.dumps(boxes)).json()
     assert [p["box"] for p in body["persons"]] == [[10, 20, 60, 120], [80, 40, 50, 100]]
     assert [p["box_score"] for p in body["persons"]] == [1.0, 0.5]
-    for person, (x, y, w, h, *_) in zip(body["persons"], boxes):
+    for person, (x, y, w, h, *_) in zip(body["persons"], boxes, strict=True):
         for k in person["keypoints"]:  # the padded crop region: box +- 25% plus the aspect correction
             assert x - w <= k["x"] <= x + 2 * w and y - h <= k["y"] <= y + 2 * h
 
@@ -156,6 +153,78 @@ def test_render_returns_an_image_with_skeletons(client):
     assert response.headers["x-model-trained"] == "false"
 
 
+# -- render: a limb is drawn where the keypoints are --------------------------------------------------------------
+LIMB = (5, 7)  # left shoulder -> left elbow, an edge of the COCO skeleton
+LIMB_PEAKS = {5: (12, 16), 7: (36, 48)}  # heatmap (x, y) of the two joints; every other joint has no peak
+GRAY = 128
+
+
+class PeakBackend:
+    """A backend whose heatmaps hold one peak of `peak` per joint of LIMB_PEAKS and zeros elsewhere, so the
+    decoded keypoints (and the one limb between them) land at places the test controls."""
+
+    input_hw = (256, 192)
+    heatmap_hw = (64, 48)
+    num_keypoints = len(KEYPOINT_NAMES)
+    max_batch_size = 4
+    batch_sizes = (1, 2, 3, 4)
+    provider = "CPUExecutionProvider"
+    status = ProviderStatus("cpu", "CPUExecutionProvider", ok=True)
+
+    def __init__(self, peak: float) -> None:
+        self.peak = peak
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        heatmaps = np.zeros((len(batch), self.num_keypoints, *self.heatmap_hw), np.float32)
+        for joint, (x, y) in LIMB_PEAKS.items():
+            heatmaps[:, joint, y, x] = self.peak
+        return heatmaps
+
+    def warmup(self) -> None:
+        pass
+
+
+def peak_client(peak: float) -> TestClient:
+    backend = PeakBackend(peak)
+    card = ModelCard.official_defaults("peaks", backend.input_hw, backend.heatmap_hw)
+    model = LoadedModel(backend, card, card_found=True, provider_status=backend.status)
+    return TestClient(create_app(Settings(model_path="unused.onnx"), model=model))
+
+
+def colours_along(image: np.ndarray, start: np.ndarray, end: np.ndarray, offset_px: float = 0.0) -> np.ndarray:
+    """RGB values at 13 points on the segment's middle 60% (clear of the joint dots), optionally moved
+    `offset_px` sideways."""
+    direction = (end - start) / np.linalg.norm(end - start)
+    normal = np.array([-direction[1], direction[0]])
+    points = [start + t * (end - start) + offset_px * normal for t in np.linspace(0.2, 0.8, 13)]
+    return np.array([image[round(y), round(x)] for x, y in points]).astype(int)
+
+
+@pytest.mark.parametrize(("peak", "drawn"), [(0.9, True), (0.1, False)], ids=["confident", "below-threshold"])
+def test_render_draws_the_limb_between_two_confident_keypoints(peak, drawn):
+    photo = np.full((800, 600, 3), GRAY, np.uint8)
+    with peak_client(peak) as client:
+        pose = client.post("/v1/pose", files={"image": ("gray.png", png_bytes(photo), "image/png")})
+        rendered = client.post("/v1/pose/render", files={"image": ("gray.png", png_bytes(photo), "image/png")},
+                               params={"format": "png"})
+    assert pose.status_code == 200 and rendered.status_code == 200, (pose.text, rendered.text)
+    (person,) = pose.json()["persons"]
+    joints = {i: np.array([k["x"], k["y"]]) for i, k in enumerate(person["keypoints"]) if k["score"] > 0}
+    assert set(joints) == set(LIMB) and LIMB in SKELETON
+    start, end = joints[LIMB[0]], joints[LIMB[1]]
+    assert np.linalg.norm(end - start) > 200  # a long limb, well inside the 600 x 800 photo
+
+    image = decode_rgb(rendered.content)
+    assert image.shape == photo.shape
+    on_limb = colours_along(image, start, end)
+    beside_limb = colours_along(image, start, end, offset_px=20)
+    assert (beside_limb == GRAY).all(), "pixels away from the limb changed"
+    if drawn:
+        assert (np.abs(on_limb - np.array(LIMB_COLOR)).max(axis=1) <= 40).all(), on_limb
+    else:  # joints under the 0.2 keypoint threshold: no limb
+        assert (on_limb == GRAY).all(), on_limb
+
+
 def test_page_is_served(client):
     page = client.get("/")
     assert page.status_code == 200 and "v1/pose" in page.text
@@ -174,8 +243,8 @@ def test_page_is_served(client):
          "invalid_boxes"),
         ({"files": {"image": ("a.jpg", jpeg_bytes(), "image/jpeg")}, "data": {"boxes": json.dumps([[1, 2, 3, 4]] * 6)}},
          422, "too_many_boxes"),
-        ({"files": {"image": ("a.jpg", jpeg_bytes(), "image/jpeg")}, "data": {"boxes": "[[1" + "0" * 400 + ", 0, 9, 9]]"}},
-         422, "invalid_boxes"),
+        ({"files": {"image": ("a.jpg", jpeg_bytes(), "image/jpeg")},
+          "data": {"boxes": "[[1" + "0" * 400 + ", 0, 9, 9]]"}}, 422, "invalid_boxes"),
         ({"files": {"image": ("a.jpg", jpeg_bytes(), "image/jpeg")}, "data": {"boxes": "[" * 100000 + "]" * 100000}},
          400, "invalid_json"),
         ({"files": {"image": ("a.jpg", jpeg_bytes(), "image/jpeg")}, "data": {"boxes": "[[1, 2, 30, 40, 1e300]]"}},
