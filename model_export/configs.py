@@ -7,8 +7,9 @@ no code change; the named configs below are hard-coded so the package works with
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from service import coco
 
@@ -125,9 +126,9 @@ def config_from_official_model(model: Mapping[str, Any], *, name: str = "custom"
 
 def config_from_dict(data: Mapping[str, Any]) -> HRNetConfig:
     """Inverse of `HRNetConfig.to_dict` (e.g. a config stored inside a training checkpoint)."""
-    stages = {key: StageConfig(**{**data[key], "num_blocks": tuple(data[key]["num_blocks"]),
-                                  "num_channels": tuple(data[key]["num_channels"])})
-              for key in ("stage2", "stage3", "stage4")}
+    stages: dict[str, Any] = {key: StageConfig(**{**data[key], "num_blocks": tuple(data[key]["num_blocks"]),
+                                               "num_channels": tuple(data[key]["num_channels"])})
+                              for key in ("stage2", "stage3", "stage4")}
     rest = {k: v for k, v in data.items() if k not in stages}
     rest["input_size"] = tuple(rest["input_size"])
     rest["heatmap_size"] = tuple(rest["heatmap_size"])
@@ -160,8 +161,12 @@ _TINY_EXTRA = {
                "NUM_BLOCKS": [1, 1, 1, 1], "NUM_CHANNELS": [8, 16, 32, 64], "FUSE_METHOD": "SUM"},
 }
 
+# Sigma follows the official and mmpose configs: 2 at 256x192, 3 at 384x288 (mmpose td-hm_hrnet-w32_8xb64-210e_coco-
+# 384x288.py and td-hm_hrnet-w48_8xb32-210e_coco-256x192.py: MSRAHeatmap sigma=3 and sigma=2).
 _REGISTRY: dict[str, HRNetConfig] = {
     "w32_256x192": _official_w(32, "w32_256x192", (256, 192), sigma=2.0),
+    "w32_384x288": _official_w(32, "w32_384x288", (384, 288), sigma=3.0),
+    "w48_256x192": _official_w(48, "w48_256x192", (256, 192), sigma=2.0),
     "w48_384x288": _official_w(48, "w48_384x288", (384, 288), sigma=3.0),
     "tiny": config_from_official(_TINY_EXTRA, name="tiny", input_size=(256, 192), sigma=2.0),
 }

@@ -168,14 +168,16 @@ def describe_training(training: dict[str, Any], checkpoint_path: Path | None) ->
 
 
 def make_card(output: Path, config: HRNetConfig, checkpoint_path: Path | None, trained: bool, seed: int,
-              opset: int, check: dict[str, Any], training: dict[str, Any] | None = None) -> ModelCard:
+              opset: int, check: dict[str, Any], training: dict[str, Any] | None = None,
+              provenance: dict[str, Any] | None = None) -> ModelCard:
     warning = None if trained else UNTRAINED_WARNING
     if trained:
         source = checkpoint_path.name if checkpoint_path else "in-memory checkpoint"
         if training is not None:
             source, warning = describe_training(training, checkpoint_path)
-        weights = WeightsInfo(source=source,
-                              checkpoint_sha256=file_sha256(checkpoint_path) if checkpoint_path else None)
+        weights = WeightsInfo(**{"source": source,
+                                 "checkpoint_sha256": file_sha256(checkpoint_path) if checkpoint_path else None,
+                                 **(provenance or {})})
     else:
         weights = WeightsInfo(source="random-init", seed=seed)
     return ModelCard(
@@ -203,6 +205,7 @@ def export_onnx(
     opset: int = MIN_OPSET,
     check_batches: Sequence[int] = CHECK_BATCHES,
     fp16: bool = False,
+    provenance: dict[str, Any] | None = None,
 ) -> ModelCard:
     """Export HRNet to `output` (.onnx) plus its model card (.json beside it); returns the card.
 
@@ -211,7 +214,8 @@ def export_onnx(
 
     `checkpoint` is a path or an already-loaded checkpoint object. Without it the weights are the official
     random init from `seed`: an UNTRAINED model whose keypoints are meaningless, marked so in the card and
-    in the ONNX metadata. `arch` may be None when the checkpoint carries its config.
+    in the ONNX metadata. `arch` may be None when the checkpoint carries its config. `provenance` holds
+    further WeightsInfo fields for the card (source, registry_name, url, ap: see model_export.fetch).
     """
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset must be between {MIN_OPSET} and {MAX_OPSET}, got {opset}")
@@ -248,7 +252,8 @@ def export_onnx(
                     "max |output| %.3g", check["batches"], check["max_abs_diff"], check["relative_diff"],
                     check["tolerance"], check["max_abs_output"])
 
-    card = make_card(output, config, checkpoint_path, trained, seed, opset, check, training_summary(checkpoint_obj))
+    card = make_card(output, config, checkpoint_path, trained, seed, opset, check, training_summary(checkpoint_obj),
+                     provenance)
     card.write(card_path_for(output))
     export_log.info("model card written to %s", card_path_for(output))
     return card

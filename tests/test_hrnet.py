@@ -94,7 +94,7 @@ def test_init_weights_is_official_and_reproducible() -> None:
 
 
 def test_registry_names_and_unknown_arch() -> None:
-    assert set(ARCHS) == {"w32_256x192", "w48_384x288", "tiny"}
+    assert set(ARCHS) == {"w32_256x192", "w32_384x288", "w48_256x192", "w48_384x288", "tiny"}
     with pytest.raises(KeyError, match="w32_256x192"):
         get_config("w64")
 
