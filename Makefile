@@ -4,15 +4,24 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= serve,export,dev
 ARCH ?= w32_256x192
-# With CHECKPOINT=path/to/pose_hrnet_w32_256x192.pth the served model is exported from those weights;
-# without it, from a random init (an UNTRAINED model).
+# Where the served model's weights come from (the first one given wins):
+#   WEIGHTS=hrnet_w32_coco_256x192   official weights by registry name (`python -m model_export fetch --list`):
+#                                    downloaded (or taken from the cache), sha256-verified, exported;
+#                                    FETCH_ARGS passes more, e.g. FETCH_ARGS="--from-file ~/Downloads/x.pth";
+#   CHECKPOINT=path/to/weights.pth   a checkpoint file you have, exported with ARCH;
+#   neither                          a random init: an UNTRAINED model (meaningless keypoints).
+WEIGHTS ?=
 CHECKPOINT ?=
-ifeq ($(CHECKPOINT),)
-MODEL ?= models/hrnet_$(ARCH).onnx
-WEIGHTS := --random-init
-else
+FETCH_ARGS ?=
+ifneq ($(WEIGHTS),)
+MODEL ?= models/$(WEIGHTS).onnx
+MAKE_MODEL = fetch $(WEIGHTS) $(FETCH_ARGS) --output $(MODEL)
+else ifneq ($(CHECKPOINT),)
 MODEL ?= models/$(basename $(notdir $(CHECKPOINT))).onnx
-WEIGHTS := --checkpoint $(CHECKPOINT)
+MAKE_MODEL = export --arch $(ARCH) --checkpoint $(CHECKPOINT) --output $(MODEL)
+else
+MODEL ?= models/hrnet_$(ARCH).onnx
+MAKE_MODEL = export --arch $(ARCH) --random-init --output $(MODEL)
 endif
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -29,7 +38,7 @@ $(VENV)/.installed: pyproject.toml client/pyproject.toml
 install: $(VENV)/.installed
 
 $(MODEL): | $(VENV)/.installed
-	$(PY) -m model_export export --arch $(ARCH) $(WEIGHTS) --output $(MODEL)
+	$(PY) -m model_export $(MAKE_MODEL)
 
 model: $(MODEL)
 
