@@ -11,10 +11,11 @@ from fastapi.testclient import TestClient
 
 from service.backend import ProviderStatus
 from service.coco import KEYPOINT_NAMES, SKELETON
-from service.main import LoadedModel, create_app
+from service.main import create_app
 from service.modelcard import ModelCard
 from service.render import LIMB_COLOR
 from service.settings import Settings
+from service.state import LoadedModel
 from tests.helpers import assert_error, decode_rgb, jpeg_bytes, png_bytes
 
 STAGES = {"decode", "preprocess", "queue", "inference", "postprocess"}
