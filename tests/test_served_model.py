@@ -17,7 +17,7 @@ from service.backend import OrtBackend
 from service.coco import FLIP_PAIRS
 from service.main import create_app
 from service.settings import Settings
-from tests.conftest import ROOT, jpeg_bytes, require_shared
+from tests.helpers import ROOT, jpeg_bytes, require_shared
 
 
 @pytest.fixture(scope="module")
@@ -87,20 +87,31 @@ def test_fixed_batch_model_runs_crop_by_crop_with_the_same_answer(tiny_onnx, tmp
                                    data={"boxes": boxes, "flip": "true"})
             assert response.status_code == 200, response.text
             answers.append(response.json()["persons"])
-    for dynamic, fixed_person in zip(*answers):
+    for dynamic, fixed_person in zip(*answers, strict=True):
         np.testing.assert_allclose(dynamic["coco_keypoints"], fixed_person["coco_keypoints"], atol=1e-3)
+
+
+class RecordingSession:
+    """An ONNX Runtime session that records the batch size of every run it is given."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.batch_sizes: list[int] = []
+
+    def run(self, output_names, feeds):
+        (batch,) = feeds.values()
+        self.batch_sizes.append(len(batch))
+        return self.session.run(output_names, feeds)
 
 
 def test_batches_are_padded_to_warmed_up_sizes(tiny_onnx):
     backend = OrtBackend(tiny_onnx, provider="cpu", max_batch=8)
-    seen = []
-    real_run = backend._run
-    backend._run = lambda batch: seen.append(len(batch)) or real_run(batch)
+    backend.session = session = RecordingSession(backend.session)
     out = backend.infer(np.zeros((3, 3, 256, 192), np.float32))
-    assert out.shape == (3, 17, 64, 48) and seen == [3]  # CPU: every size up to the max is a warmed shape
+    assert out.shape == (3, 17, 64, 48) and session.batch_sizes == [3]  # CPU: every size up to the max is warmed
     backend.batch_sizes = [1, 2, 4, 8]  # the GPU set
-    seen.clear()
-    assert backend.infer(np.zeros((3, 3, 256, 192), np.float32)).shape[0] == 3 and seen == [4]
+    session.batch_sizes.clear()
+    assert backend.infer(np.zeros((3, 3, 256, 192), np.float32)).shape[0] == 3 and session.batch_sizes == [4]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
