@@ -2,7 +2,8 @@
 
 Flow, as the official HRNet test (core/function.py validate + dataset/coco.py evaluate):
   person boxes (GT boxes of the annotated persons, cleaned as in training, score 1; or a COCO detection-results
-  file, person category, score > IMAGE_THRE = 0.0)
+  file, person category, score > IMAGE_THRE = 0.0; or a person detector ONNX run on each image, as the service
+  runs it: service.detection.PersonDetector)
   -> per image: the service's image decode, then its pure pose codec: PoseCodec.crops (box validation,
      center/scale, affine crop, normalisation, mirrored inputs for the flip test) -> the backend ->
      PoseCodec.persons (flip-test average, argmax + quarter-pixel shift, inverse affine, rescoring: box score x
@@ -35,6 +36,7 @@ from service import coco
 from service.backend import OrtBackend
 from service.boxes import parse_boxes
 from service.codec import PersonPose, PoseCodec
+from service.detection import PersonDetector
 from service.geometry import boxes_to_centers_scales
 from service.heatmaps import oks_nms
 from service.imaging import decode_image
@@ -114,6 +116,11 @@ def detection_person_boxes(detections_file: str | os.PathLike,
             continue
         boxes.setdefault(int(det["image_id"]), []).append([*map(float, det["bbox"][:4]), score])
     return {image_id: np.asarray(rows, dtype=np.float64) for image_id, rows in boxes.items()}
+
+
+def detected_person_boxes(detector: PersonDetector, image: ImageEntry) -> np.ndarray:
+    """(N, 5) x, y, w, h, score: the persons `detector` finds in the image (its threshold, NMS, clip and cap)."""
+    return detector.detect(decode_image(image.path.read_bytes(), LOCAL_MAX_IMAGE_BYTES, LOCAL_MAX_IMAGE_PIXELS))
 
 
 def usable_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, int]:
@@ -270,13 +277,20 @@ def evaluate(
     detection_threshold: float = DETECTION_SCORE_THRESHOLD,
     oks_threshold: float = OKS_NMS_THRESHOLD,
     progress: bool = False,
+    detector: PersonDetector | None = None,
 ) -> EvaluationResult:
-    """Keypoint AP of `runner` (LocalRunner or ServiceRunner) on an annotation file; see the module docstring."""
+    """Keypoint AP of `runner` (LocalRunner or ServiceRunner) on an annotation file; see the module docstring.
+
+    With `detector`, its boxes (and scores) are the person boxes, found image by image; `detections_file` is
+    then not read.
+    """
     from model_export.data.dataset import load_coco
 
     coco_gt = load_coco(annotation_file)
     images = load_images(coco_gt, image_dir)
-    if detections_file is None:
+    if detector is not None:
+        boxes_by_image: dict[int, np.ndarray] = {}  # found image by image in the loop below
+    elif detections_file is None:
         boxes_by_image = gt_person_boxes(annotation_file)
     else:
         boxes_by_image = detection_person_boxes(detections_file, detection_threshold)
@@ -288,7 +302,7 @@ def evaluate(
 
         iterator = tqdm(images, desc="evaluate", unit="img", dynamic_ncols=True)
     for image in iterator:
-        boxes = boxes_by_image.get(image.image_id)
+        boxes = boxes_by_image.get(image.image_id) if detector is None else detected_person_boxes(detector, image)
         if boxes is None or len(boxes) == 0:
             continue
         boxes, skipped = usable_boxes(boxes, image.width, image.height)
@@ -325,7 +339,9 @@ per image.
 
 Person boxes: by default the ground-truth boxes of the annotated persons (cleaned as in training, score 1),
 as the official USE_GT_BBOX test; with --detections, a COCO detection-results JSON (person category, every
-score >= --det-threshold, official IMAGE_THRE 0.0), as the official val2017 numbers (detector AP 56.4).
+score >= --det-threshold, official IMAGE_THRE 0.0), as the official val2017 numbers (detector AP 56.4); with
+--detector, a person detector ONNX (YOLOX layout, see README "Person detector") run on every image exactly as
+the service runs it on a bare photo, its boxes and scores used as the person boxes.
 
 With --url the model file is not opened: every image and its boxes are POSTed to a running service
 (/v1/pose, flip passed through) and its keypoints are scored by the same NMS and COCOeval, so what is
@@ -342,6 +358,8 @@ Examples:
       --detections COCO_val2017_detections_AP_H_56_person.json --json-out ap.json
   python -m model_export evaluate --url http://127.0.0.1:8000 \\
       --annotations ../shared/data/coco-mini/test_coco.json --images ../shared/data/coco-mini
+  python -m model_export evaluate --model models/hrnet_w32_256x192.onnx --detector models/yolox_s.onnx \\
+      --detector-threshold 0.01 --annotations ../shared/data/coco-mini/test_coco.json --images ../shared/data/coco-mini
 Official val2017 AP with detector boxes and flip test: W32 256x192 0.744, W48 384x288 0.763.
 """
 
@@ -363,8 +381,14 @@ def add_evaluate_parser(subparsers: Any) -> None:
                         help="COCO person-keypoints annotation JSON (e.g. person_keypoints_val2017.json)")
     parser.add_argument("--images", type=Path, required=True, metavar="DIR",
                         help="folder that the annotations' file_name entries are relative to")
-    parser.add_argument("--detections", type=Path, default=None, metavar="FILE",
-                        help="COCO detection results for the person boxes (default: ground-truth boxes)")
+    boxes_from = parser.add_mutually_exclusive_group()
+    boxes_from.add_argument("--detections", type=Path, default=None, metavar="FILE",
+                            help="COCO detection results for the person boxes (default: ground-truth boxes)")
+    boxes_from.add_argument("--detector", type=Path, default=None, metavar="PATH.onnx",
+                            help="find the person boxes with this detector ONNX (its card NAME.json beside it)")
+    parser.add_argument("--detector-threshold", type=float, default=None, metavar="S",
+                        help="--detector's score threshold (default: its card's, 0.3 without one; AP as the "
+                             "official protocol counts low-scored boxes too, e.g. 0.01)")
     parser.add_argument("--det-threshold", type=float, default=DETECTION_SCORE_THRESHOLD, metavar="S",
                         help=f"drop detections scored below S (default {DETECTION_SCORE_THRESHOLD}, official)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
@@ -400,12 +424,15 @@ def run_evaluate_command(args: Any) -> int:
             return 2
     runner = None
     try:
+        detector = None if args.detector is None else PersonDetector(
+            args.detector, score_threshold=args.detector_threshold, provider=args.provider,
+            intra_op_threads=args.threads)
         if args.url:
             runner = ServiceRunner(args.url, api_key=args.api_key, max_boxes=args.max_boxes)
         else:
             runner = LocalRunner.from_onnx(args.model, args.provider, args.batch_size, args.threads)
         result = evaluate(args.annotations, args.images, runner, runner.card, args.detections, args.flip,
-                          args.det_threshold, args.oks_threshold, progress=not args.no_progress)
+                          args.det_threshold, args.oks_threshold, progress=not args.no_progress, detector=detector)
     except (ModelLoadError, OSError, ValueError, RuntimeError) as error:
         print(f"evaluate failed: {error}", file=sys.stderr)
         return 1
@@ -420,6 +447,8 @@ def run_evaluate_command(args: Any) -> int:
     card = runner.card
     what = args.url or str(args.model)
     boxes = f"detections {args.detections}" if args.detections else "ground-truth boxes"
+    if detector is not None:
+        boxes = f"detector {args.detector}, score > {detector.score_threshold}"
     trained = "" if card.trained else "  (UNTRAINED model: these numbers are meaningless)"
     print(f"COCO keypoint evaluation of {what} [{card.arch}]{trained}\n"
           f"  {args.annotations}: {result.num_images} images, {result.num_boxes} person boxes ({boxes}), "
@@ -431,6 +460,8 @@ def run_evaluate_command(args: Any) -> int:
         body = {**result.to_json(), "model": None if args.url else str(args.model), "url": args.url,
                 "annotations": str(args.annotations), "images": str(args.images),
                 "detections": None if args.detections is None else str(args.detections), "flip": args.flip,
+                "detector": None if detector is None else {"path": str(args.detector), "card": detector.card.model_dump(
+                    mode="json"), "score_threshold": detector.score_threshold, "nms_iou": detector.nms_iou},
                 "card": {"name": card.name, "arch": card.arch, "trained": card.trained, "warning": card.warning,
                          "weights": card.weights.model_dump()}}
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
