@@ -1,0 +1,241 @@
+"""Admission and cancellation in the serving layer (issue 11, points 2, 3, 7, 8, 10 and the preparation deadline):
+each test reproduces the attack a hostile tester ran and checks what should happen instead."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from service.admission import PixelBudget
+from service.backend import ProviderStatus
+from service.errors import PoseError
+from service.main import create_app
+from service.modelcard import ModelCard
+from service.settings import Settings
+from service.state import LoadedModel
+from tests.helpers import assert_error, free_port, jpeg_bytes
+
+INPUT_HW, HEATMAP_HW = (64, 48), (16, 12)
+
+
+class GatedBackend:
+    """A pose backend whose batches wait for `gate` (set by default), counting the crops it computed."""
+
+    input_hw = INPUT_HW
+    heatmap_hw = HEATMAP_HW
+    num_keypoints = 17
+    max_batch_size = 8
+    provider = "CPUExecutionProvider"
+
+    def __init__(self, open_gate: bool = True) -> None:
+        self.gate = threading.Event()
+        if open_gate:
+            self.gate.set()
+        self.entered = threading.Event()
+        self.computed = 0
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.entered.set()
+        if not self.gate.wait(30):
+            raise RuntimeError("the test never opened the gate")
+        self.computed += len(batch)
+        maps = np.zeros((len(batch), 17, *HEATMAP_HW), np.float32)
+        maps[:, :, 8, 6] = 1.0
+        return maps
+
+    def warmup(self) -> None:
+        pass
+
+
+def app_with(backend: GatedBackend, **settings):
+    card = ModelCard.official_defaults("gated", INPUT_HW, HEATMAP_HW)
+    model = LoadedModel(backend, card, False, ProviderStatus("cpu", backend.provider, True))  # type: ignore[arg-type]
+    return create_app(Settings(**settings), model=model)
+
+
+def boxes(n: int) -> list[list[float]]:
+    return [[5.0 + i % 10, 5.0 + i % 7, 40.0, 80.0] for i in range(n)]
+
+
+# ---- point 2: decoded pixels in flight are bounded --------------------------------------------------------------
+def test_pixel_budget_refuses_beyond_its_bound_but_admits_any_one_image():
+    budget = PixelBudget(100)
+    big = budget.reserve(1_000)  # idle: any single image is admitted (the per-image limit is elsewhere)
+    with pytest.raises(PoseError) as info:
+        budget.reserve(1)
+    assert info.value.code == "overloaded" and info.value.retry_after_s
+    big.release()
+    big.release()  # idempotent
+    assert budget.held == 0
+    first, second = budget.reserve(60), budget.reserve(40)
+    with pytest.raises(PoseError):
+        budget.reserve(1)
+    first.release()
+    second.release()
+
+
+def test_a_request_over_the_pixel_budget_gets_429_with_retry_after_before_decoding():
+    with TestClient(app_with(GatedBackend(), max_inflight_pixels=100_000)) as client:
+        state = client.app.state.service
+        held = state.poser.pixels.reserve(90_000)  # another request's large image, being decoded
+        try:
+            response = client.post("/v1/pose", content=jpeg_bytes(160, 240), headers={"content-type": "image/jpeg"})
+            assert_error(response, 429, "overloaded")
+            assert response.headers["retry-after"].isdigit()
+            assert "pixels" in response.json()["error"]["message"]
+        finally:
+            held.release()
+        ok = client.post("/v1/pose", content=jpeg_bytes(160, 240), headers={"content-type": "image/jpeg"})
+        assert ok.status_code == 200, ok.text
+        assert state.poser.pixels.held == 0, "every reservation was returned"
+
+
+# ---- point 3: a batch call's items never refuse each other -------------------------------------------------------
+def batch_body(items: int, per_item: int) -> dict:
+    image = base64.b64encode(jpeg_bytes(160, 240)).decode()
+    return {"items": [{"image_base64": image, "boxes": boxes(per_item)} for _ in range(items)]}
+
+
+def test_a_batch_call_admits_its_own_items_on_an_idle_server():
+    # the reproduction: 4 items of 17 boxes (68 crops) against a 64-crop queue, and 8 x 100 against 64
+    with TestClient(app_with(GatedBackend(), max_queue_crops=64, max_boxes=100)) as client:
+        for items, per_item in ((4, 17), (8, 100)):
+            response = client.post("/v1/pose/batch", json=batch_body(items, per_item))
+            assert response.status_code == 200, response.text
+            results = response.json()["results"]
+            assert [r["ok"] for r in results] == [True] * items, [r["error"] for r in results if not r["ok"]]
+            assert all(len(r["result"]["persons"]) == per_item for r in results)
+
+
+def test_a_batch_call_on_a_busy_server_is_refused_whole_with_retry_after():
+    backend = GatedBackend(open_gate=False)
+    with TestClient(app_with(backend, max_queue_crops=4, max_boxes=10)) as client:
+        busy = threading.Thread(target=client.post, args=("/v1/pose",),
+                                kwargs={"content": jpeg_bytes(), "params": {"boxes": json.dumps(boxes(4))},
+                                        "headers": {"content-type": "image/jpeg"}})
+        busy.start()
+        try:
+            assert backend.entered.wait(10), "the first request reached the model"
+            response = client.post("/v1/pose/batch", json=batch_body(2, 2))
+            assert_error(response, 429, "overloaded")
+            assert response.headers["retry-after"].isdigit()
+        finally:
+            backend.gate.set()
+            busy.join(30)
+        assert backend.computed == 4, "nothing of the refused call was computed"
+
+
+# ---- point 7: validate first, then admit ------------------------------------------------------------------------
+def test_too_many_boxes_is_422_even_while_the_server_is_busy():
+    backend = GatedBackend(open_gate=False)
+    with TestClient(app_with(backend, max_queue_crops=4, max_boxes=100)) as client:
+        busy = threading.Thread(target=client.post, args=("/v1/pose",),
+                                kwargs={"content": jpeg_bytes(), "params": {"boxes": json.dumps(boxes(4))},
+                                        "headers": {"content-type": "image/jpeg"}})
+        busy.start()
+        try:
+            assert backend.entered.wait(10)
+            response = client.post("/v1/pose", files={"image": ("p.jpg", jpeg_bytes(), "image/jpeg")},
+                                   data={"boxes": json.dumps(boxes(101))})
+            assert_error(response, 422, "too_many_boxes")
+        finally:
+            backend.gate.set()
+            busy.join(30)
+
+
+# ---- point 8: work for clients that left is dropped -------------------------------------------------------------
+class ServerThread:
+    """The app under a real uvicorn server on 127.0.0.1, in a thread, so that clients can really hang up."""
+
+    def __init__(self, app) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert self.server.started, "the server did not start"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def test_a_client_that_hangs_up_has_its_queued_crops_dropped():
+    """Six clients each send 20 boxes and hang up 0.3 s later while the model is busy with the first batch:
+    once the model is free, none of the crops still queued is computed, and the hang-ups count as 499."""
+    backend = GatedBackend(open_gate=False)
+    with ServerThread(app_with(backend, max_queue_crops=512, max_batch_size=4, max_boxes=20)) as server:
+        image = jpeg_bytes(160, 240)
+
+        async def hang_up() -> None:
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=0.3) as client:
+                with pytest.raises(httpx.TimeoutException):
+                    await client.post("/v1/pose", content=image, params={"boxes": json.dumps(boxes(20))},
+                                      headers={"content-type": "image/jpeg"})
+
+        async def scenario() -> None:
+            await asyncio.gather(*(hang_up() for _ in range(6)))
+
+        asyncio.run(scenario())
+        assert backend.entered.is_set(), "the first batch reached the model"
+        time.sleep(0.3)  # the server notices the hang-ups (asynchronously: no event to wait on from here)
+        backend.gate.set()
+        time.sleep(0.5)  # let the worker run whatever it still had
+        assert backend.computed <= 4, f"{backend.computed} of 120 crops computed for clients that had left"
+        metrics = httpx.get(server.base_url + "/metrics").text
+        assert 'status="499"' in metrics and 'code="client_disconnected"' in metrics
+        assert 'status="500"' not in metrics
+        assert httpx.get(server.base_url + "/readyz").status_code == 200
+
+
+# ---- point 10: the batch JSON is as strict as /v1/pose -----------------------------------------------------------
+@pytest.mark.parametrize("bad_box", [["1", "2", "30", "40"], [True, 2, 30, 40], [1, 2, 30, False]])
+def test_batch_json_refuses_strings_and_booleans_as_box_values(bad_box):
+    with TestClient(app_with(GatedBackend())) as client:
+        image = base64.b64encode(jpeg_bytes()).decode()
+        response = client.post("/v1/pose/batch", json={"items": [{"image_base64": image, "boxes": [bad_box]}]})
+        (result,) = response.json()["results"]
+        assert result["error"]["code"] == "invalid_boxes"
+        single = client.post("/v1/pose", files={"image": ("p.jpg", jpeg_bytes(), "image/jpeg")},
+                             data={"boxes": json.dumps([bad_box])})
+        assert_error(single, 422, "invalid_boxes")
+
+
+def test_batch_json_refuses_a_string_flip():
+    with TestClient(app_with(GatedBackend())) as client:
+        image = base64.b64encode(jpeg_bytes()).decode()
+        response = client.post("/v1/pose/batch", json={"items": [{"image_base64": image}], "flip": "true"})
+        assert_error(response, 400, "invalid_request")
+
+
+# ---- point 1: the deadline covers preparation too ----------------------------------------------------------------
+def test_the_deadline_covers_preparation():
+    with TestClient(app_with(GatedBackend(), request_timeout_s=0.2)) as client:
+        poser = client.app.state.service.poser
+        stall = threading.Event()
+        # occupy every preparation thread, as two decode bombs did with the old pool of two
+        for _ in range(poser.executor._max_workers):
+            poser.executor.submit(stall.wait, 10)
+        try:
+            started = time.perf_counter()
+            response = client.post("/v1/pose", content=jpeg_bytes(), headers={"content-type": "image/jpeg"})
+            elapsed = time.perf_counter() - started
+            assert_error(response, 504, "deadline_exceeded")
+            assert elapsed < 5, f"answered after {elapsed:.1f} s, the deadline is 0.2 s"
+        finally:
+            stall.set()
