@@ -5,6 +5,7 @@ keys, CORS off unless configured, and the request-body limit on a real socket.""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import re
@@ -16,7 +17,7 @@ from fastapi.testclient import TestClient
 from service.logs import JsonFormatter
 from service.main import create_app, load_model
 from service.settings import Settings
-from tests.conftest import jpeg_bytes
+from tests.helpers import assert_error, jpeg_bytes
 from tests.live_server import LiveServer
 
 SECRET = "s3cr3t-Key-7b1f0c9e44d2a6"
@@ -26,13 +27,6 @@ HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 
 def app_client(tiny_onnx, **settings) -> TestClient:
     return TestClient(create_app(Settings(model_path=tiny_onnx, **settings)))
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["error"]["code"] == code and body["error"]["message"]
-    assert body["request_id"] == response.headers["x-request-id"]
 
 
 def post_image(client, **kwargs) -> httpx.Response:
@@ -183,8 +177,7 @@ class FailingBackend:
 def failing_app(tiny_onnx):
     settings = Settings(model_path=tiny_onnx)
     loaded = load_model(settings)
-    loaded.backend = FailingBackend(loaded.backend)
-    return create_app(settings, model=loaded)
+    return create_app(settings, model=dataclasses.replace(loaded, backend=FailingBackend(loaded.backend)))
 
 
 def test_error_log_lines_of_a_failing_request_carry_its_request_id(tiny_onnx, formatted_logs):
@@ -211,6 +204,7 @@ def test_every_log_line_of_a_failing_request_carries_its_request_id(tiny_onnx, f
 LIFECYCLE_LOGGERS = {"uvicorn.error", "service", "service.main", "service.backend"}
 
 
+@pytest.mark.integration
 def test_server_json_logs_have_request_ids_and_never_images_or_keys(tiny_onnx):
     image = jpeg_bytes(200, 150, seed=11)
     image_b64 = base64.b64encode(image).decode()
@@ -305,23 +299,24 @@ def test_cors_for_a_configured_origin_only(tiny_onnx):
 
 
 # -- body limits on a real socket --------------------------------------------------------------------------
+@pytest.mark.integration
 def test_body_limit_on_the_real_server_with_and_without_content_length(tiny_onnx):
     limit = 64 * 1024
-    with LiveServer(tiny_onnx, env={"POSE_MAX_BODY_BYTES": str(limit)}) as server:
-        with httpx.Client(base_url=server.base_url, timeout=30) as client:
-            declared = client.post("/v1/pose", content=b"\0" * (limit + 1), headers={"content-type": "image/png"})
-            assert_error(declared, 413, "payload_too_large")
+    with LiveServer(tiny_onnx, env={"POSE_MAX_BODY_BYTES": str(limit)}) as server, \
+            httpx.Client(base_url=server.base_url, timeout=30) as client:
+        declared = client.post("/v1/pose", content=b"\0" * (limit + 1), headers={"content-type": "image/png"})
+        assert_error(declared, 413, "payload_too_large")
 
-            def chunks():
-                for _ in range(8):
-                    yield b"\0" * (limit // 4)
+        def chunks():
+            for _ in range(8):
+                yield b"\0" * (limit // 4)
 
-            streamed = client.post("/v1/pose", content=chunks(), headers={"content-type": "image/png"})
-            assert "content-length" not in streamed.request.headers
-            assert streamed.request.headers["transfer-encoding"] == "chunked"
-            assert_error(streamed, 413, "payload_too_large")
+        streamed = client.post("/v1/pose", content=chunks(), headers={"content-type": "image/png"})
+        assert "content-length" not in streamed.request.headers
+        assert streamed.request.headers["transfer-encoding"] == "chunked"
+        assert_error(streamed, 413, "payload_too_large")
 
-            multipart = client.post("/v1/pose", files={"image": ("big.png", b"\0" * (2 * limit), "image/png")})
-            assert_error(multipart, 413, "payload_too_large")
-            assert client.get("/readyz").status_code == 200
-            assert client.post("/v1/pose", files={"image": ("p.jpg", jpeg_bytes(), "image/jpeg")}).status_code == 200
+        multipart = client.post("/v1/pose", files={"image": ("big.png", b"\0" * (2 * limit), "image/png")})
+        assert_error(multipart, 413, "payload_too_large")
+        assert client.get("/readyz").status_code == 200
+        assert client.post("/v1/pose", files={"image": ("p.jpg", jpeg_bytes(), "image/jpeg")}).status_code == 200
