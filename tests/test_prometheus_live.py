@@ -24,7 +24,6 @@ import json
 import math
 import re
 import shutil
-import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,12 +32,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, jpeg_bytes
+from tests.helpers import ROOT, free_port, jpeg_bytes
 from tests.live_server import LiveServer
 
-yaml = pytest.importorskip("yaml")
+yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (.ci/install-deploy-tools.sh installs it)")
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.integration]
 
 PROMETHEUS = shutil.which("prometheus")
 RULES_DIR = ROOT / "deploy" / "prometheus" / "rules"
@@ -52,12 +51,6 @@ QUERY_RETRY_S = 15.0
 if PROMETHEUS is None:
     pytest.skip("the prometheus binary is absent (Debian package `prometheus`; .ci/install-deploy-tools.sh "
                 "installs it)", allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- PromQL helpers ------------------------------------------------------------------------------------------
