@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.detection.card import COCO_CLASS_NAMES, DetectorCard
+from service.detection.card import COCO_CLASS_NAMES, DetectorCard, DetectorSource
 from service.detection.yolox import STRIDES
 
 OPSET = 17
@@ -182,8 +182,7 @@ def scene(image_wh: tuple[int, int], input_hw: tuple[int, int] = SCENE_INPUT_HW)
 
 
 def scene_card(name: str = "synthetic", input_hw: tuple[int, int] = SCENE_INPUT_HW) -> DetectorCard:
-    return DetectorCard(name=name, layout="yolox", input_size=input_hw,
-                        source={"url": None, "sha256": None})  # type: ignore[arg-type]
+    return DetectorCard(name=name, layout="yolox", input_size=input_hw, source=DetectorSource())
 
 
 def build_scene_detector(path: Path, image_wh: tuple[int, int], *, batch: int | None = 1,

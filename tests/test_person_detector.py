@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from service.backend import ModelLoadError
-from service.detection import DetectorCard, DetectorLoadError, PersonDetector, letterbox
+from service.detection import DetectorCard, DetectorLoadError, DetectorSource, PersonDetector, letterbox
 from service.detection.shapes import TensorInfo, infer_card
+from service.detection.yolox import MAX_NMS_CANDIDATES, person_detections
 from tests.detector_model import (
     SCENE_INPUT_HW,
     SyntheticObject,
@@ -158,7 +159,7 @@ def test_broken_or_mismatched_card_names_it(tmp_path: Path) -> None:
 
 def test_card_json_form_is_the_fetch_command_s() -> None:
     card = DetectorCard(name="yolox_s", layout="yolox", input_size=(640, 640),
-                        source={"url": "https://example.org/yolox_s.onnx", "sha256": "ab" * 32})  # type: ignore[arg-type]
+                        source=DetectorSource(url="https://example.org/yolox_s.onnx", sha256="ab" * 32))
     body = json.loads(card.model_dump_json())
     assert body == {"format": "pose-detector-card/1", "name": "yolox_s", "kind": "detector", "layout": "yolox",
                     "input_size": [640, 640], "score_threshold": 0.3, "nms_iou": 0.45,
@@ -191,3 +192,14 @@ def test_scene_builder_encodes_what_it_promises() -> None:
     expected = scene((500, 375))
     assert expected.head.shape == (1, 336, 85)
     assert (expected.head[0, :, 4] > 0).sum() == 5  # five objects, every other row has objectness 0
+
+
+def test_nms_candidates_are_capped_to_the_best() -> None:
+    """A confused detector (thousands of candidates) costs a bounded NMS: only the best MAX_NMS_CANDIDATES enter."""
+    head = np.zeros((8400, 85), np.float32)
+    head[:, 2:4] = -4.0  # tiny boxes (stride / 55 px): none overlaps another, so NMS keeps every candidate
+    head[:6400, 4] = np.linspace(0.31, 0.99, 6400)[::-1]  # 6,400 stride-8 candidates, best first
+    head[:, 5] = 1.0
+    dets = person_detections(head, 1.0, (640, 640), score_threshold=0.3, nms_iou=0.45)
+    assert len(dets) == MAX_NMS_CANDIDATES
+    np.testing.assert_array_equal(dets[:, 4], head[:MAX_NMS_CANDIDATES, 4])

@@ -16,6 +16,9 @@ import numpy as np
 from service.detection.nms import nms_keep
 
 STRIDES = (8, 16, 32)
+# NMS is quadratic in its candidates: a trained detector at a 0.3 threshold gives tens, a random-init or confused
+# one thousands (~0.15 s for 2,700). Only the best this many enter NMS, which bounds the worst case per image.
+MAX_NMS_CANDIDATES = 1000
 
 
 @lru_cache(maxsize=8)
@@ -36,16 +39,27 @@ def num_anchors(input_hw: tuple[int, int], strides: tuple[int, ...] = STRIDES) -
     return int(sum((input_hw[0] // s) * (input_hw[1] // s) for s in strides))
 
 
-def decode_head(raw: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
-    """(A, 5 + C) raw head rows -> a new (A, 5 + C) array: cx, cy, w, h in input pixels, objectness, classes."""
-    grid, strides = anchor_grid(tuple(input_hw))
-    if raw.ndim != 2 or raw.shape[0] != len(grid) or raw.shape[1] < 6:
-        raise ValueError(f"YOLOX head output for input {tuple(input_hw)} must be ({len(grid)}, 5 + C), "
-                         f"got {raw.shape}")
-    decoded = np.array(raw, dtype=np.float32)  # float32 throughout, as the reference decode
+def _decode_rows(raw: np.ndarray, grid: np.ndarray, strides: np.ndarray) -> np.ndarray:
+    """Rows whose first four columns are cell offsets and log-sizes -> a float32 copy with cx, cy, w, h in input
+    pixels there (float32 throughout, as the reference decode)."""
+    decoded = np.array(raw, dtype=np.float32)
     decoded[:, :2] = (decoded[:, :2] + grid) * strides
     decoded[:, 2:4] = np.exp(decoded[:, 2:4]) * strides
     return decoded
+
+
+def _grid_for(raw: np.ndarray, input_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    grid, strides = anchor_grid((int(input_hw[0]), int(input_hw[1])))
+    if raw.ndim != 2 or raw.shape[0] != len(grid) or raw.shape[1] < 6:
+        raise ValueError(f"YOLOX head output for input {tuple(input_hw)} must be ({len(grid)}, 5 + C), "
+                         f"got {raw.shape}")
+    return grid, strides
+
+
+def decode_head(raw: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
+    """(A, 5 + C) raw head rows -> a new (A, 5 + C) array: cx, cy, w, h in input pixels, objectness, classes."""
+    grid, strides = _grid_for(raw, input_hw)
+    return _decode_rows(raw, grid, strides)
 
 
 def person_detections(raw: np.ndarray, ratio: float, input_hw: tuple[int, int], *, score_threshold: float,
@@ -53,13 +67,19 @@ def person_detections(raw: np.ndarray, ratio: float, input_hw: tuple[int, int], 
     """(A, 5 + C) raw head rows -> float32 (M, 5) x1, y1, x2, y2, score in image pixels, after NMS, best first.
 
     Not clipped: `nms.finish_boxes` does that. Scores strictly above `score_threshold` survive (the reference's
-    `> score_thr`).
+    `> score_thr`); only those rows are decoded.
     """
-    decoded = decode_head(raw, input_hw)
-    scores = decoded[:, 4] * decoded[:, 5 + person_class]
+    grid, strides = _grid_for(raw, input_hw)
+    if raw.shape[1] <= 5 + person_class:
+        raise ValueError(f"YOLOX head rows have {raw.shape[1] - 5} classes, no person class {person_class}")
+    scores = raw[:, 4].astype(np.float32) * raw[:, 5 + person_class].astype(np.float32)
+    candidates = np.flatnonzero(scores > score_threshold)
+    if len(candidates) > MAX_NMS_CANDIDATES:
+        best = np.argsort(-scores[candidates], kind="stable")[:MAX_NMS_CANDIDATES]
+        candidates = np.sort(candidates[best])  # back in head order, as without the cap
+    decoded = _decode_rows(raw[candidates, :4], grid[candidates], strides[candidates])
     centres, sizes = decoded[:, :2], decoded[:, 2:4]
     boxes = np.concatenate([centres - sizes / 2.0, centres + sizes / 2.0], axis=1) / ratio
-    candidates = scores > score_threshold
-    boxes, scores = boxes[candidates], scores[candidates]
+    scores = scores[candidates]
     keep = nms_keep(boxes, scores, nms_iou)
     return np.concatenate([boxes[keep], scores[keep, None]], axis=1)
