@@ -15,7 +15,8 @@ protocol class keeps the fast httptools parser and adds, per connection:
 - idle keep-alive connections are closed by uvicorn's own `timeout_keep_alive` (POSE_KEEP_ALIVE_TIMEOUT_S).
 
 uvicorn's own log lines from this protocol ("Invalid HTTP request received." and the like) carry the client's
-address. Refusals made before a request reaches the app are reported to `on_refusal(status, code)` for metrics.
+address. Refusals made before a request reaches the app (these, and uvicorn's 400 for a request the parser
+refuses) are reported to `on_refusal(status, code)` for the metrics.
 """
 
 from __future__ import annotations
@@ -189,6 +190,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             timer.cancel()
 
     # -- answers before the app ---------------------------------------------------------------------------------
+    def send_400_response(self, msg: str) -> None:  # uvicorn's answer to a request the parser refused
+        if self.on_refusal is not None:
+            self.on_refusal(400, "invalid_request")
+        super().send_400_response(msg)
+
     def _refuse_head(self, status: int, error: PoseError) -> None:
         request_id = uuid.uuid4().hex
         log.warning("refused a request before its headers were complete: %s", error.message,

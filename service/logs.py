@@ -17,7 +17,8 @@ class JsonFormatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "request_id": request_id_var.get(),
+            # a line logged outside a request's context (the HTTP protocol's refusals) may carry its own ID
+            "request_id": getattr(record, "request_id", None) or request_id_var.get(),
             "message": record.getMessage(),
         }
         for key in ("method", "path", "status", "duration_ms", "error_code", "client"):

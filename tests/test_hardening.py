@@ -135,3 +135,209 @@ def test_large_rle_bmp_is_refused_small_one_decodes():
     with pytest.raises(PoseError) as refused:
         decode_image(big, MAX_BYTES, MAX_PIXELS)
     assert refused.value.code == "image_too_complex"
+
+
+# ---- the transport: a real server, raw sockets -------------------------------------------------------------------
+HEADER_TIMEOUT_S = 2.0
+BODY_TIMEOUT_S = 1.0
+MAX_HEADER_BYTES = 16 * 1024
+
+
+@pytest.fixture(scope="module")
+def server(tiny_onnx):
+    from tests.live_server import LiveServer
+
+    env = {"POSE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S), "POSE_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+           "POSE_BODY_MIN_BYTES_PER_S": "1024", "POSE_KEEP_ALIVE_TIMEOUT_S": "2",
+           "POSE_MAX_HEADER_BYTES": str(MAX_HEADER_BYTES)}
+    with LiveServer(tiny_onnx, env=env) as live:
+        yield live
+
+
+def _connect(server, timeout_s: float = 15.0):
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.settimeout(timeout_s)
+    return sock
+
+
+def _read_until_closed(sock) -> bytes:
+    """Everything the server sends until it closes the connection (a socket timeout fails the test)."""
+    received = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return received
+        if not chunk:
+            return received
+        received += chunk
+
+
+def _metric_lines(server, prefix: str) -> list[str]:
+    import httpx
+
+    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    return [line for line in text.splitlines() if line.startswith(prefix)]
+
+
+def _metric(server, sample: str) -> float:
+    for line in _metric_lines(server, sample.split("{")[0]):
+        if line.rsplit(" ", 1)[0] == sample:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _status_line(response: bytes) -> bytes:
+    return response.split(b"\r\n", 1)[0]
+
+
+def _no_tracebacks(server) -> None:
+    records = server.log_records()
+    assert not [r for r in records if "exception" in r or "Traceback" in r["message"]], records[-5:]
+
+
+# ---- 4. client hang-ups ----------------------------------------------------------------------------------------
+def test_client_hanging_up_mid_upload_is_counted_499_with_one_log_line(server):
+    import json as _json
+
+    errors_before = _metric(server, 'pose_errors_total{code="internal_error"}')
+    sock = _connect(server)
+    part = (b'--XX\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\nContent-Type: image/jpeg'
+            b"\r\n\r\n" + encode(photo(640, 480), "JPEG")[:30_000])
+    sock.sendall(b"POST /v1/pose HTTP/1.1\r\nHost: test\r\nX-Request-ID: hangup-4\r\n"
+                 b"Content-Type: multipart/form-data; boundary=XX\r\nContent-Length: 200000\r\n\r\n" + part)
+    time.sleep(0.3)  # let the server start reading the body
+    sock.close()
+    deadline = time.monotonic() + 10
+    while _metric(server, 'pose_requests_total{endpoint="/v1/pose",status="499"}') < 1:
+        assert time.monotonic() < deadline, _metric_lines(server, "pose_requests_total")
+        time.sleep(0.1)
+    assert _metric(server, 'pose_errors_total{code="client_disconnected"}') >= 1
+    assert _metric(server, 'pose_requests_total{endpoint="/v1/pose",status="500"}') == 0
+    assert _metric(server, 'pose_errors_total{code="internal_error"}') == errors_before
+    lines = [r for r in server.log_records() if r["request_id"] == "hangup-4"]
+    assert len(lines) == 1, lines
+    assert lines[0]["status"] == 499 and lines[0]["error_code"] == "client_disconnected" and lines[0]["client"]
+    assert "exception" not in lines[0], _json.dumps(lines[0])
+    _no_tracebacks(server)
+
+
+# ---- 5. header size ----------------------------------------------------------------------------------------------
+def test_huge_header_is_refused_431_at_the_limit_and_livez_stays_responsive(server):
+    import threading
+
+    import httpx
+
+    livez: list[int] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            livez.append(httpx.get(f"{server.base_url}/livez", timeout=3).status_code)
+            time.sleep(0.05)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        sock = _connect(server)
+        # 1 MB of header, but only a little over the limit is sent before reading: the answer must not wait
+        # for the rest (the original attack: 32-128 MB headers were read to the end, stalling the event loop)
+        huge = b"GET /livez HTTP/1.1\r\nHost: test\r\nX-Filler: " + b"a" * 1_000_000 + b"\r\n\r\n"
+        sock.sendall(huge[: MAX_HEADER_BYTES + 4096])
+        response = _read_until_closed(sock)
+        sock.close()
+    finally:
+        stop.set()
+        prober.join()
+    assert _status_line(response) == b"HTTP/1.1 431 Request Header Fields Too Large", response[:200]
+    assert b'"request_header_too_large"' in response
+    assert livez and set(livez) == {200}
+    assert _metric(server, 'pose_requests_total{endpoint="unmatched",status="431"}') >= 1
+    assert _metric(server, 'pose_errors_total{code="request_header_too_large"}') >= 1
+    refusal = [r for r in server.log_records() if r.get("error_code") == "request_header_too_large"]
+    assert refusal and refusal[-1]["client"].startswith("127.0.0.1:") and refusal[-1]["request_id"] != "-"
+
+
+def test_headers_just_under_the_limit_are_served(server):
+    sock = _connect(server)
+    sock.sendall(b"GET /livez HTTP/1.1\r\nHost: test\r\nConnection: close\r\nX-Filler: "
+                 + b"a" * (MAX_HEADER_BYTES - 200) + b"\r\n\r\n")
+    assert _status_line(_read_until_closed(sock)) == b"HTTP/1.1 200 OK"
+    sock.close()
+
+
+# ---- 6. idle and slow connections --------------------------------------------------------------------------------
+def test_slowloris_partial_headers_are_answered_408_and_closed(server):
+    sockets = [_connect(server) for _ in range(50)]
+    started = time.monotonic()
+    for sock in sockets:
+        sock.sendall(b"GET /livez HTTP/1.1\r\nHost: test\r\nX-Slow: ")  # and never the rest
+    answers = [_read_until_closed(sock) for sock in sockets]
+    waited = time.monotonic() - started
+    for sock in sockets:
+        sock.close()
+    assert {_status_line(a) for a in answers} == {b"HTTP/1.1 408 Request Timeout"}
+    assert all(b'"request_timeout"' in a for a in answers)
+    assert waited >= HEADER_TIMEOUT_S * 0.9  # closed by the timeout, not at once
+
+
+def test_an_idle_connection_and_an_idle_keep_alive_connection_are_closed(server):
+    idle = _connect(server)
+    assert _read_until_closed(idle) == b""  # nothing was asked: closed without an answer
+    idle.close()
+    kept = _connect(server)
+    kept.sendall(b"GET /livez HTTP/1.1\r\nHost: test\r\n\r\n")
+    answer = _read_until_closed(kept)  # the answer, then the keep-alive timeout closes the connection
+    kept.close()
+    assert _status_line(answer) == b"HTTP/1.1 200 OK" and answer.endswith(b'"status":"ok","detail":null}')
+
+
+def test_a_dribbled_body_is_cut_with_408_and_counted_as_such(server):
+    before = _metric(server, 'pose_requests_total{endpoint="/v1/pose",status="408"}')
+    sock = _connect(server)
+    sock.sendall(b"POST /v1/pose HTTP/1.1\r\nHost: test\r\nX-Request-ID: dribble-6\r\nContent-Type: image/jpeg\r\n"
+                 b"Content-Length: 100000\r\n\r\n")
+    answer = b""
+    try:
+        for _ in range(100):  # a few bytes per second: the original attack
+            sock.sendall(b"x")
+            time.sleep(0.2)
+    except OSError:  # the server closed the connection
+        answer = _read_until_closed(sock)
+    sock.close()
+    assert _status_line(answer) == b"HTTP/1.1 408 Request Timeout", answer[:200]
+    assert b'"request_id": "dribble-6"' in answer
+    deadline = time.monotonic() + 10
+    while _metric(server, 'pose_requests_total{endpoint="/v1/pose",status="408"}') < before + 1:
+        assert time.monotonic() < deadline, _metric_lines(server, "pose_requests_total")
+        time.sleep(0.1)
+    assert _metric(server, 'pose_requests_total{endpoint="/v1/pose",status="500"}') == 0
+    lines = [r for r in server.log_records() if r["request_id"] == "dribble-6"]
+    assert len(lines) == 1 and lines[0]["status"] == 408 and lines[0]["error_code"] == "request_timeout", lines
+    _no_tracebacks(server)
+
+
+def test_a_slow_but_steady_upload_is_not_cut(server):
+    body = encode(photo(320, 240), "JPEG")
+    sock = _connect(server)
+    sock.sendall(b"POST /v1/pose HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: image/jpeg\r\n"
+                 + f"Content-Length: {len(body)}\r\n\r\n".encode())
+    step = max(1, len(body) // 8)
+    for offset in range(0, len(body), step):  # spread over ~1.6 s, well over the minimum rate
+        sock.sendall(body[offset : offset + step])
+        time.sleep(0.2)
+    assert _status_line(_read_until_closed(sock)) == b"HTTP/1.1 200 OK"
+    sock.close()
+
+
+# ---- 9. HEAD -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", ["/livez", "/readyz", "/metrics", "/v1/model", "/"])
+def test_head_on_get_routes_is_200_without_a_body(server, path):
+    import httpx
+
+    head = httpx.head(f"{server.base_url}{path}", timeout=10)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == httpx.get(f"{server.base_url}{path}", timeout=10).headers["content-type"]
+    assert head.headers["x-request-id"]
