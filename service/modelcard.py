@@ -50,12 +50,12 @@ class OutputSpec(BaseModel):
 
 class WeightsInfo(BaseModel):
     source: str = Field(description="'random-init' or the checkpoint the weights came from.")
-    checkpoint_sha256: str | None = Field(None, description="Full sha256 of the checkpoint file.")
+    checkpoint_sha256: str | None = Field(default=None, description="Full sha256 of the checkpoint file.")
     seed: int | None = None
-    registry_name: str | None = Field(None, description="Name in the weights registry (`python -m model_export "
+    registry_name: str | None = Field(default=None, description="Name in the weights registry (`python -m model_export "
                                       "fetch --list`), for fetched weights.")
-    url: str | None = Field(None, description="Where the checkpoint is published, for fetched weights.")
-    ap: float | None = Field(None, description="COCO val2017 keypoint AP that the publisher reports for the "
+    url: str | None = Field(default=None, description="Where the checkpoint is published, for fetched weights.")
+    ap: float | None = Field(default=None, description="COCO val2017 keypoint AP that the publisher reports for the "
                              "checkpoint (not measured here).")
 
 

@@ -71,6 +71,7 @@ class Served:
     cut_after: int | None = None  # send only this many bytes of a body ...
     cuts_left: int = 0  # ... this many times, then whole bodies
     honour_range: bool = True
+    busy_answers: int = 0  # answer this many requests with 503 first
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
 
 
@@ -81,6 +82,10 @@ def make_handler(served: Served) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             served.requests.append((self.path, self.headers.get("Range")))
+            if served.busy_answers > 0:
+                served.busy_answers -= 1
+                self.send_error(503, "Service Unavailable")
+                return
             body = served.files.get(self.path)
             if body is None:
                 self.send_error(404, "Not Found")
@@ -278,6 +283,15 @@ def test_a_server_that_ignores_range_restarts_the_file(server: tuple[str, Served
     partial.write_bytes(b"stale bytes of another file")
     download(url_of(base, served), partial)
     assert partial.read_bytes() == body
+
+
+def test_busy_answers_are_retried_with_backoff(server: tuple[str, Served], tmp_path: Path) -> None:
+    base, served = server
+    body = next(iter(served.files.values()))
+    served.busy_answers = 2
+    waits: list[float] = []
+    download(url_of(base, served), tmp_path / "x.partial", sleep=waits.append)
+    assert (tmp_path / "x.partial").read_bytes() == body and waits == [1.0, 2.0] and len(served.requests) == 3
 
 
 def test_wrong_hash_deletes_the_file_and_names_both_hashes(server: tuple[str, Served], tmp_path: Path) -> None:

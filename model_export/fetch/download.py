@@ -61,6 +61,10 @@ class TransientStatus(DownloadError):
 class Interrupted(DownloadError):
     """The transfer stopped before the end (connection cut, read timeout, short body)."""
 
+    def __init__(self, message: str, received: int):
+        super().__init__(message)
+        self.received = received  # bytes this attempt brought
+
 
 class HashMismatch(DownloadError):
     """A file whose sha256 is not the expected one."""
@@ -160,15 +164,17 @@ def _attempt(http: requests.Session, url: str, partial: Path, timeouts: Timeouts
             total = int(length) if length and length.isdigit() else None
         else:
             raise DownloadError(f"unexpected HTTP {status} {response.reason}")
+        received = 0
         with partial.open(mode) as handle, _progress(total, have, partial.name, progress) as bar:
             try:
                 for chunk in response.iter_content(CHUNK_BYTES):
                     handle.write(chunk)
+                    received += len(chunk)
                     bar.update(len(chunk))
             except requests.exceptions.RequestException as error:  # cut connection, read timeout, short body
-                raise Interrupted(f"transfer interrupted: {_reason(error)}") from None
+                raise Interrupted(f"transfer interrupted: {_reason(error)}", received) from None
     if total is not None and _size(partial) < total:
-        raise Interrupted(f"transfer ended after {_size(partial)} of {total} bytes")
+        raise Interrupted(f"transfer ended after {_size(partial)} of {total} bytes", received)
 
 
 def download(url: str, partial: Path, *, timeouts: Timeouts = DEFAULT_TIMEOUTS, progress: bool = False,
@@ -184,7 +190,6 @@ def download(url: str, partial: Path, *, timeouts: Timeouts = DEFAULT_TIMEOUTS, 
     http = session or requests.Session()
     try:
         for attempt in range(1, max_attempts + 1):
-            before = _size(partial)
             try:
                 _attempt(http, url, partial, timeouts, progress)
                 return
@@ -193,7 +198,7 @@ def download(url: str, partial: Path, *, timeouts: Timeouts = DEFAULT_TIMEOUTS, 
                 wait = BACKOFF_S * 2 ** (attempt - 1)
             except Interrupted as error:
                 failure, wait = error, 0.0
-                if _size(partial) <= before:
+                if not error.received:
                     break  # an attempt that brings nothing would not bring anything the next time either
             if attempt < max_attempts:
                 log.warning("%s: %s; retrying from byte %d (attempt %d of %d)", url, failure, _size(partial),
