@@ -16,9 +16,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import httpx
+import pytest
 
-from tests.conftest import jpeg_bytes
+from tests.helpers import jpeg_bytes
 from tests.live_server import LiveServer
+
+pytestmark = pytest.mark.integration  # a real server process under real load
 
 MAX_QUEUE_CROPS = 8
 CROPS_PER_REQUEST = 2
@@ -103,7 +106,7 @@ def test_three_times_the_sustainable_rate_is_shed_with_bounded_latency(tiny_onnx
            "POSE_LOG_LEVEL": "warning"}
     with LiveServer(tiny_onnx, env=env) as server:
         # calibrate: one caller for the service time; as many callers as the queue admits for the capacity
-        single_rate, single = asyncio.run(closed_loop(server.base_url, image, boxes, 1, 1.0))
+        _, single = asyncio.run(closed_loop(server.base_url, image, boxes, 1, 1.0))
         single_latency_s = statistics.median(single)
         sustainable_rate, _ = asyncio.run(closed_loop(server.base_url, image, boxes,
                                                       MAX_QUEUE_CROPS // CROPS_PER_REQUEST, CALIBRATE_S))

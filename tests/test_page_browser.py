@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import DATA, jpeg_bytes
+from tests.helpers import DATA, jpeg_bytes
 from tests.live_server import LiveServer
+
+pytestmark = pytest.mark.integration  # a real browser against a real server process
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -106,9 +108,9 @@ def test_page_draws_keypoints_and_warns_about_the_untrained_model(tiny_onnx, bro
 
     # where a keypoint was drawn, the canvas is keypoint-red and the photo was not
     assert inside, "no keypoint fell inside the image"
-    changed = [(x, y) for (x, y), pixel in zip(inside, canvas_pixels)
+    changed = [(x, y) for (x, y), pixel in zip(inside, canvas_pixels, strict=True)
                if is_keypoint_red(pixel) and not is_keypoint_red(original[round(y), round(x)])]
-    assert changed, list(zip(inside, canvas_pixels))[:5]
+    assert changed, list(zip(inside, canvas_pixels, strict=True))[:5]
 
     # and the screenshot shows it too (the element screenshot is the canvas at 1:1, inside a 1 px border)
     shot = np.asarray(Image.open(io.BytesIO(canvas_png)).convert("RGB"))

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import jpeg_bytes
+from tests.helpers import jpeg_bytes
 from tests.live_server import LiveServer
 
 WARMUP_REQUESTS = 500
