@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model_export.evaluate import coco_keypoint_stats
 from service.boxes import validate_boxes
 from service.geometry import boxes_to_centers_scales, get_affine_transform
 from service.heatmaps import decode_heatmaps, rescore_person
 from service.imaging import decode_image
-from conftest import require_shared  # tests/conftest.py (pytest puts tests/ on sys.path)
+from tests.helpers import DATASETS, dataset_paths
 
 pytest.importorskip("pycocotools", reason="pycocotools (the 'export' extra) is not installed")
 
@@ -26,12 +27,6 @@ HEATMAP_WH = (48, 64)
 ASPECT_RATIO = 192 / 256
 SIGMA = 2.0
 MIN_AP = 0.95
-
-DATASETS = {
-    # name: (folder under ../shared, annotation file in it)
-    "coco-mini": ("data/coco-mini", "test_coco.json"),
-    "coco8-pose": ("data/coco8-pose", "annotations.json"),
-}
 
 
 def ideal_heatmaps(keypoints_hm: np.ndarray, labelled: np.ndarray) -> np.ndarray:
@@ -44,13 +39,27 @@ def ideal_heatmaps(keypoints_hm: np.ndarray, labelled: np.ndarray) -> np.ndarray
     return (maps * labelled[:, None, None]).astype(np.float32)
 
 
-def load_persons(folder: Path, annotation_file: str) -> tuple[dict, list[dict]]:
-    dataset = json.loads((folder / annotation_file).read_text())
+def load_persons(annotations: Path) -> tuple[dict, list[dict]]:
+    dataset = json.loads(annotations.read_text())
     images = {image["id"]: image for image in dataset["images"]}
     persons = [
         a for a in dataset["annotations"] if a.get("num_keypoints", 0) > 0 and not a.get("iscrowd", 0)
     ]
     return images, persons
+
+
+def persons_heatmaps(image: dict, own: list[dict]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """The ideal heatmaps of one image's persons (in the crops their GT boxes give), with the box scores and the
+    crops' centers and scales."""
+    boxes, box_scores = validate_boxes([p["bbox"] for p in own], (image["width"], image["height"]), 100)
+    centers, scales = boxes_to_centers_scales(boxes, aspect_ratio=ASPECT_RATIO)
+    heatmaps = []
+    for person, center, scale in zip(own, centers, scales, strict=True):
+        gt = np.asarray(person["keypoints"], dtype=np.float64).reshape(-1, 3)
+        forward = get_affine_transform(center, scale, HEATMAP_WH)
+        keypoints_hm = gt[:, :2] @ forward[:, :2].T + forward[:, 2]
+        heatmaps.append(ideal_heatmaps(keypoints_hm, (gt[:, 2] > 0).astype(np.float64)))
+    return heatmaps, box_scores, centers, scales
 
 
 def fake_backend_results(images: dict, persons: list[dict], scale_error: float = 1.0, shift_hm: float = 0.0):
@@ -60,19 +69,11 @@ def fake_backend_results(images: dict, persons: list[dict], scale_error: float =
     """
     results = []
     for image_id in sorted({p["image_id"] for p in persons}):
-        image = images[image_id]
         own = [p for p in persons if p["image_id"] == image_id]
-        boxes, box_scores = validate_boxes([p["bbox"] for p in own], (image["width"], image["height"]), 100)
-        centers, scales = boxes_to_centers_scales(boxes, aspect_ratio=ASPECT_RATIO)
-        heatmaps = []
-        for person, center, scale in zip(own, centers, scales):
-            gt = np.asarray(person["keypoints"], dtype=np.float64).reshape(-1, 3)
-            forward = get_affine_transform(center, scale, HEATMAP_WH)
-            keypoints_hm = gt[:, :2] @ forward[:, :2].T + forward[:, 2]
-            heatmaps.append(ideal_heatmaps(keypoints_hm, (gt[:, 2] > 0).astype(np.float64)))
+        heatmaps, box_scores, centers, scales = persons_heatmaps(images[image_id], own)
         preds, maxvals = decode_heatmaps(np.stack(heatmaps), centers, scales * np.float32(scale_error))
         preds = preds + shift_hm * (scales[:, None, :1] * 200 / HEATMAP_WH[0])  # heatmap px -> image px
-        for pred, maxval, box_score in zip(preds, maxvals, box_scores):
+        for pred, maxval, box_score in zip(preds, maxvals, box_scores, strict=True):
             keypoints = np.concatenate([pred, maxval], axis=1)
             results.append({
                 "image_id": image_id,
@@ -83,25 +84,15 @@ def fake_backend_results(images: dict, persons: list[dict], scale_error: float =
     return results
 
 
-def keypoint_ap(annotation_path: Path, image_ids: list[int], results: list[dict]) -> float:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    coco_gt = COCO(str(annotation_path))
-    coco_dt = coco_gt.loadRes(results)
-    evaluator = COCOeval(coco_gt, coco_dt, iouType="keypoints")
-    evaluator.params.imgIds = image_ids
-    evaluator.evaluate()
-    evaluator.accumulate()
-    evaluator.summarize()
-    return float(evaluator.stats[0])
+def keypoint_ap(annotations: Path, results: list[dict]) -> float:
+    """COCO keypoint AP over the annotation file's images, by the evaluation code (checked in test_evaluate)."""
+    return coco_keypoint_stats(annotations, results)["AP"]
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
 def test_ideal_heatmaps_decode_to_coco_ap_above_095(name):
-    folder_rel, annotation_file = DATASETS[name]
-    folder = require_shared(folder_rel)
-    images, persons = load_persons(folder, annotation_file)
+    annotations, folder = dataset_paths(name)
+    images, persons = load_persons(annotations)
     assert persons, f"{name}: no annotated persons with keypoints"
     image_ids = sorted({p["image_id"] for p in persons})
 
@@ -111,14 +102,13 @@ def test_ideal_heatmaps_decode_to_coco_ap_above_095(name):
         rgb = decode_image((folder / image["file_name"]).read_bytes(), max_bytes=50_000_000, max_pixels=50_000_000)
         assert rgb.shape == (image["height"], image["width"], 3)
 
-    annotation_path = folder / annotation_file
-    ap = keypoint_ap(annotation_path, image_ids, fake_backend_results(images, persons))
+    ap = keypoint_ap(annotations, fake_backend_results(images, persons))
     print(f"\n{name}: {len(persons)} persons on {len(image_ids)} images, keypoint AP = {ap:.4f}")
     assert ap >= MIN_AP, f"{name}: AP {ap:.4f} < {MIN_AP}"
 
     # Negative controls: the same pipeline with a deliberate error must lose AP, so the check can fail.
-    shifted = keypoint_ap(annotation_path, image_ids, fake_backend_results(images, persons, shift_hm=2.0))
-    unpadded = keypoint_ap(annotation_path, image_ids, fake_backend_results(images, persons, scale_error=0.8))
+    shifted = keypoint_ap(annotations, fake_backend_results(images, persons, shift_hm=2.0))
+    unpadded = keypoint_ap(annotations, fake_backend_results(images, persons, scale_error=0.8))
     print(f"{name}: negative controls AP = {shifted:.4f} (2 heatmap px shift), {unpadded:.4f} (scale x0.8)")
     assert shifted < ap - 0.1
     assert unpadded < ap - 0.1
@@ -154,12 +144,7 @@ def service_pipeline_results(folder: Path, images: dict, persons: list[dict]) ->
     try:
         for image_id in sorted({p["image_id"] for p in persons}):
             own = [p for p in persons if p["image_id"] == image_id]
-            boxes, _ = validate_boxes([p["bbox"] for p in own], (images[image_id]["width"], images[image_id]["height"]), 100)
-            centers, scales = boxes_to_centers_scales(boxes, aspect_ratio=ASPECT_RATIO)
-            for person, center, scale in zip(own, centers, scales):
-                gt = np.asarray(person["keypoints"], dtype=np.float64).reshape(-1, 3)
-                forward = get_affine_transform(center, scale, HEATMAP_WH)
-                queued.append(ideal_heatmaps(gt[:, :2] @ forward[:, :2].T + forward[:, 2], (gt[:, 2] > 0) * 1.0))
+            queued.extend(persons_heatmaps(images[image_id], own)[0])
             data = (folder / images[image_id]["file_name"]).read_bytes()
             request = build_request(data, {"boxes": [p["bbox"] for p in own]}, defaults)
             result = asyncio.run(poser.estimate(request))
@@ -175,11 +160,9 @@ def service_pipeline_results(folder: Path, images: dict, persons: list[dict]) ->
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
 def test_service_pipeline_with_ideal_heatmaps_scores_coco_ap_above_095(name):
-    folder_rel, annotation_file = DATASETS[name]
-    folder = require_shared(folder_rel)
-    images, persons = load_persons(folder, annotation_file)
-    image_ids = sorted({p["image_id"] for p in persons})
-    ap = keypoint_ap(folder / annotation_file, image_ids, service_pipeline_results(folder, images, persons))
+    annotations, folder = dataset_paths(name)
+    images, persons = load_persons(annotations)
+    ap = keypoint_ap(annotations, service_pipeline_results(folder, images, persons))
     print(f"\n{name}: service pipeline with ideal heatmaps, keypoint AP = {ap:.4f}")
     assert ap >= MIN_AP
-    assert ap == pytest.approx(keypoint_ap(folder / annotation_file, image_ids, fake_backend_results(images, persons)))
+    assert ap == pytest.approx(keypoint_ap(annotations, fake_backend_results(images, persons)))
