@@ -14,26 +14,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, require_shared
-from live_server import LiveServer
 from model_export.__main__ import main
 from model_export.data import load_person_records
-from model_export.evaluate import (STAT_NAMES, LocalRunner, ServiceRunner, coco_keypoint_stats,
-                                   detection_person_boxes, evaluate, gt_person_boxes, nms_results, person_area,
-                                   usable_boxes)
+from model_export.evaluate import (
+    STAT_NAMES,
+    LocalRunner,
+    ServiceRunner,
+    coco_keypoint_stats,
+    detection_person_boxes,
+    evaluate,
+    gt_person_boxes,
+    nms_results,
+    person_area,
+    usable_boxes,
+)
+from tests.helpers import DATASETS, DETECTIONS, ROOT, dataset_paths, require_shared
+from tests.live_server import LiveServer
 
 pytest.importorskip("pycocotools", reason="pycocotools (the 'export' extra) is not installed")
-
-DATASETS = {  # name: (annotation file, image folder), under ../shared/data
-    "coco-mini": ("coco-mini/test_coco.json", "coco-mini"),
-    "coco8-pose": ("coco8-pose/annotations.json", "coco8-pose"),
-}
-DETECTIONS = "coco-mini/test_coco_det_AP_H_56.json"
-
-
-def dataset_paths(name: str) -> tuple[Path, Path]:
-    annotations, images = DATASETS[name]
-    return require_shared(f"data/{annotations}"), require_shared(f"data/{images}")
 
 
 def gt_predictions(annotations: Path, jitter_px: float = 0.0, seed: int = 0) -> list[dict]:
@@ -92,6 +90,7 @@ def flat_results(results: list[dict]) -> np.ndarray:
     return np.array([[r["image_id"], r["score"], *r["keypoints"]] for r in results])
 
 
+@pytest.mark.integration
 def test_direct_and_served_evaluation_agree(tiny_onnx, tmp_path) -> None:
     """The same ONNX file evaluated in-process and through `python -m service` gives identical keypoints,
     scores and COCO stats: on GT boxes with flip test (coco-mini), detector boxes sent in chunks of 16 per

@@ -17,12 +17,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, require_shared
-from live_server import LiveServer
 from model_export.__main__ import main
 from model_export.configs import config_from_dict, get_config
-from model_export.data import (Augmentation, CocoKeypointDataset, clean_box, fliplr_joints, half_body_center_scale,
-                               load_person_records)
+from model_export.data import (
+    Augmentation,
+    CocoKeypointDataset,
+    clean_box,
+    fliplr_joints,
+    half_body_center_scale,
+    load_person_records,
+)
 from model_export.data.dataset import UPPER_BODY_JOINTS
 from model_export.evaluate import LocalRunner, ServiceRunner, evaluate
 from model_export.export import export_onnx
@@ -33,13 +37,11 @@ from service import coco
 from service.geometry import get_affine_transform
 from service.heatmaps import get_max_preds
 from service.modelcard import ModelCard, card_path_for
+from tests.helpers import DATASETS, ROOT, dataset_paths
+from tests.live_server import LiveServer
 
 pytest.importorskip("pycocotools", reason="pycocotools (the 'export' extra) is not installed")
 
-DATASETS = {  # name: (annotation file, image folder), under ../shared/data
-    "coco-mini": ("coco-mini/test_coco.json", "coco-mini"),
-    "coco8-pose": ("coco8-pose/annotations.json", "coco8-pose"),
-}
 # The overfit test trains the tiny net at 96x64 (multiples of 32, as the branches need): at its native 256x192
 # a step of batch 8 takes 0.5-3 s on two busy CPU cores, at 96x64 batch 4 ~0.07 s, so 400 steps take ~30-50 s.
 # Training uses one torch thread: on two cores shared with another busy process, two threads thrash (measured
@@ -48,11 +50,6 @@ SMALL_INPUT = (96, 64)
 SWAPPED = np.arange(17)
 for _left, _right in coco.FLIP_PAIRS:
     SWAPPED[_left], SWAPPED[_right] = _right, _left
-
-
-def dataset_paths(name: str) -> tuple[Path, Path]:
-    annotations, images = DATASETS[name]
-    return require_shared(f"data/{annotations}"), require_shared(f"data/{images}")
 
 
 # ---- loss ---------------------------------------------------------------------------------------------------
@@ -332,6 +329,7 @@ def overfit_run(tmp_path_factory) -> dict:
             "ap_after": keypoint_aps(tmp_path / "after.onnx"), "onnx": tmp_path / "after.onnx", "card": card}
 
 
+@pytest.mark.integration  # trains 400 steps
 def test_tiny_overfits_the_mini_sets(overfit_run) -> None:
     """The loss over the training persons falls below half and the AP on those images rises from 0 by a clear
     margin: overfitting proves that the loop learns."""
@@ -350,6 +348,7 @@ def test_tiny_overfits_the_mini_sets(overfit_run) -> None:
     assert f"{OVERFIT_STEPS} steps" in card.weights.source and "TEST MODEL" in card.warning
 
 
+@pytest.mark.integration  # trains 400 steps, then a real server process
 def test_trained_model_scores_the_same_through_the_service(overfit_run) -> None:
     """The exported (overfit, so AP > 0) model evaluated in-process and through `python -m service`: the same
     stats, keypoints and scores. (Flip test off for the AP check: trained without flip augmentation, the model
@@ -391,6 +390,7 @@ def cli_train(tmp_path: Path, output_dir: Path, *extra: str) -> int:
     return main(args + list(extra))
 
 
+@pytest.mark.integration  # three short trainings and an export
 def test_cli_train_resume_and_export(tmp_path, capsys) -> None:
     run = tmp_path / "runs" / "smoke"
     assert cli_train(tmp_path, run, "--max-steps", "2") == 0
