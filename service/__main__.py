@@ -16,7 +16,7 @@ import uvicorn
 from service.errors import ModelLoadError
 from service.http_limits import HttpLimits, LimitedHttpToolsProtocol, limited_protocol
 from service.logs import configure_logging
-from service.main import create_app, load_model
+from service.main import create_app, load_detector, load_model
 from service.metrics import Metrics
 from service.settings import Settings
 from service.state import ServiceState
@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", help="bind address (env POSE_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="bind port (env POSE_PORT, default 8000)")
     parser.add_argument("--provider", choices=["auto", "cpu", "cuda", "tensorrt"], help="execution provider")
+    parser.add_argument("--detector", type=Path, help="person detector ONNX (env POSE_DETECTOR_PATH): requests "
+                        "without boxes find the people first")
     return parser.parse_args(argv)
 
 
@@ -95,15 +97,17 @@ def http_protocol(settings: Settings, metrics: Metrics) -> type[LimitedHttpTools
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = {k: v for k, v in {"model_path": args.model, "host": args.host, "port": args.port,
-                                   "provider": args.provider}.items() if v is not None}
+                                   "provider": args.provider, "detector_path": args.detector}.items()
+                 if v is not None}
     settings = Settings(**overrides)
     configure_logging(settings.log_level)
     try:  # load before the server starts, so a bad path is one clear line, not a traceback
         model = load_model(settings)
-    except ModelLoadError as exc:
+        detector = load_detector(settings)
+    except ModelLoadError as exc:  # DetectorLoadError is one too
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    app = create_app(settings, model=model)
+    app = create_app(settings, model=model, detector=detector)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             timeout_graceful_shutdown=settings.shutdown_timeout_s,
                             http=http_protocol(settings, app.state.service.metrics),

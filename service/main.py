@@ -19,11 +19,13 @@ from service.api import register_routes
 from service.backend import OrtBackend
 from service.batching import MicroBatcher
 from service.codec import PoseCodec
-from service.errors import RETRY_AFTER_CODES, ModelLoadError, PoseError, error_body
+from service.detection import PersonDetector
+from service.errors import RETRY_AFTER_CODES, ModelLoadError, PoseError
 from service.metrics import Metrics
 from service.middleware import AccessControlMiddleware, RequestContextMiddleware
 from service.modelcard import read_card
-from service.serving import Limits, PoseService
+from service.oip.errors import error_answer
+from service.serving import DetectorStage, Limits, PoseService
 from service.settings import Settings
 from service.state import LoadedModel, ServiceState
 
@@ -47,8 +49,20 @@ def load_model(settings: Settings) -> LoadedModel:
     return LoadedModel(backend, card, found, backend.status)
 
 
-def create_app(settings: Settings | None = None, model: LoadedModel | None = None) -> FastAPI:
-    """`model` may be preloaded (the CLI does, to fail fast with a clean message) or injected by tests."""
+def load_detector(settings: Settings) -> PersonDetector | None:
+    """The person detector of POSE_DETECTOR_PATH, or None. Raises DetectorLoadError naming the file."""
+    if settings.detector_path is None:
+        return None
+    return PersonDetector(settings.detector_path, score_threshold=settings.detector_score_threshold,
+                          max_boxes=settings.max_boxes, provider=settings.provider,
+                          intra_op_threads=settings.intra_op_threads, max_batch=settings.max_batch_size,
+                          trt_cache_dir=settings.trt_cache_dir, trt_fp16=settings.trt_fp16, spin=settings.ort_spin)
+
+
+def create_app(settings: Settings | None = None, model: LoadedModel | None = None,
+               detector: PersonDetector | None = None) -> FastAPI:
+    """`model` and `detector` may be preloaded (the CLI does, to fail fast with a clean message) or injected by
+    tests; otherwise the lifespan loads them from the settings."""
     settings = settings or Settings()
     metrics = Metrics()
     state = ServiceState(settings=settings, metrics=metrics)
@@ -56,7 +70,8 @@ def create_app(settings: Settings | None = None, model: LoadedModel | None = Non
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = model or await asyncio.to_thread(load_model, settings)
-        await start_serving(state, loaded)
+        found = detector or await asyncio.to_thread(load_detector, settings)
+        await start_serving(state, loaded, found)
         try:
             yield
         finally:
@@ -83,7 +98,7 @@ def create_app(settings: Settings | None = None, model: LoadedModel | None = Non
     return app
 
 
-async def start_serving(state: ServiceState, loaded: LoadedModel) -> None:
+async def start_serving(state: ServiceState, loaded: LoadedModel, detector: PersonDetector | None = None) -> None:
     settings, metrics = state.settings, state.metrics
     state.model = loaded
     backend = loaded.backend
@@ -97,10 +112,22 @@ async def start_serving(state: ServiceState, loaded: LoadedModel) -> None:
         max_wait_s=settings.max_wait_ms / 1000, max_queue_crops=settings.max_queue_crops, metrics=metrics,
     )
     state.batcher.start()
+    detection = None
+    if detector is not None:  # ready only once the detector is warm too
+        await asyncio.to_thread(detector.warmup)
+        # its own queue of whole images; batched where its batch axis allows (the official export: 1 image)
+        detection = DetectorStage(detector, MicroBatcher(
+            infer=detector.infer, max_batch_size=detector.max_batch_size, max_wait_s=settings.max_wait_ms / 1000,
+            max_queue_crops=settings.max_queue_crops))
+        detection.batcher.start()
+        state.detection = detection
+        log.info("person detector %s (%s, input %s, score threshold %.2f) on %s", detector.model_path.name,
+                 detector.layout, list(detector.input_hw), detector.score_threshold, detector.provider)
     state.poser = PoseService(
         codec=PoseCodec(loaded.card), batcher=state.batcher, metrics=metrics,
         limits=Limits(settings.max_image_bytes, settings.max_image_pixels, settings.max_boxes),
         pixels=PixelBudget(settings.max_inflight_pixels), request_timeout_s=settings.request_timeout_s,
+        detection=detection,
     )
     status = loaded.provider_status
     state.draining = False  # the same app may be started again after a shutdown (test clients do that)
@@ -115,6 +142,8 @@ async def start_serving(state: ServiceState, loaded: LoadedModel) -> None:
 
 async def stop_serving(state: ServiceState) -> None:
     state.begin_drain()
+    if state.detection is not None:
+        await asyncio.to_thread(state.detection.batcher.close)
     if state.batcher is not None:
         await asyncio.to_thread(state.batcher.close)
     if state.poser is not None:
@@ -132,7 +161,7 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     def respond(request: Request, error: PoseError) -> Response:
         metrics.errors.labels(code=error.code).inc()
         request_id = getattr(request.state, "request_id", "-")
-        status, headers, body = error_body(error, request_id)
+        status, headers, body = error_answer(request.url.path, error, request_id)  # /v2: the protocol's form
         return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
 
     @app.exception_handler(PoseError)

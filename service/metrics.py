@@ -9,7 +9,7 @@ LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075,
     0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0,
 )
-STAGES = ("decode", "preprocess", "queue", "inference", "postprocess")
+STAGES = ("decode", "detect", "preprocess", "queue", "inference", "postprocess")
 
 
 class Metrics:

@@ -1,7 +1,8 @@
 """The serving layer: the pure pose codec run for concurrent requests, with admission, deadlines and metrics.
 
-    admission (crops announced, pixels reserved from the header) -> decode + crops (worker thread, deadline)
-    -> micro-batcher (inference) -> heatmaps to persons (worker thread) -> PoseResult
+    admission (crops announced, pixels reserved from the header) -> decode (worker thread, deadline)
+    -> [no boxes and a detector: letterbox -> detector batcher -> boxes (worker thread)]
+    -> crops (worker thread) -> pose batcher (inference) -> heatmaps to persons (worker thread) -> PoseResult
 
 Each stage's latency is recorded here, where it runs. Nothing here knows HTTP: the routers turn PoseRequests
 into PoseResults through `estimate` / `estimate_many` and serialise them.
@@ -22,9 +23,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 from service.admission import PixelBudget, PixelReservation
-from service.batching import MicroBatcher
+from service.batching import Announcement, MicroBatcher
 from service.boxes import whole_image_box
 from service.codec import PersonPose, PoseCodec, Prepared
+from service.detection import PersonDetector
 from service.errors import PoseError
 from service.imaging import decode_image, read_header
 from service.metrics import Metrics
@@ -55,11 +57,21 @@ class PoseResult:
             self.reservation.release()
 
 
+@dataclass(frozen=True)
+class DetectorStage:
+    """The person detector and its own batcher (images, not crops), run for requests without boxes."""
+
+    detector: PersonDetector
+    batcher: MicroBatcher
+
+
 @dataclass
 class _Decoded:
     image: np.ndarray
-    prepared: Prepared
+    prepared: Prepared | None  # None while the detector has yet to find the people
     timings_s: dict[str, float] = field(default_factory=dict)
+    detector_input: np.ndarray | None = None  # (3, S, S) letterboxed, when detecting
+    ratio: float = 1.0
 
 
 class PoseService:
@@ -74,9 +86,11 @@ class PoseService:
         limits: Limits,
         pixels: PixelBudget,
         request_timeout_s: float,
+        detection: DetectorStage | None = None,
         workers: int | None = None,
     ) -> None:
         self.codec = codec
+        self.detection = detection
         self.batcher = batcher
         self.metrics = metrics
         self.limits = limits
@@ -110,20 +124,33 @@ class PoseService:
     async def _estimate(self, request: PoseRequest, keep_image: bool) -> PoseResult:
         deadline = time.monotonic() + self.request_timeout_s
         boxes = request.boxes
+        detection = self.detection if boxes is None and request.detect else None
         expected_crops = (1 if boxes is None else len(boxes)) * (2 if request.flip else 1)
         width, height = read_header(request.image, self.limits.max_image_bytes, self.limits.max_image_pixels).size
-        announcement = self.batcher.announce(expected_crops)  # refuses now when the crops would be refused
+        # refused now, before decoding, when the crops (or the detector's images) would be refused
+        announcement = self.batcher.announce(expected_crops)
+        announcements = [announcement]
         reservation: PixelReservation | None = None
+        decoding_done = False
         try:
+            if detection is not None:
+                announcements.append(detection.batcher.announce(1))
             reservation = self.pixels.reserve(width * height)
-            decoded = await self._in_worker(deadline, self._decode_and_crop, request, reservation, keep_image)
-            timings = dict(decoded.timings_s)
+            # while a worker decodes, the worker releases the pixels (even after the deadline gave up on it)
+            decoded = await self._in_worker(deadline, self._decode, request, reservation, keep_image,
+                                            detection is not None)
+            decoding_done = True
+            if detection is not None:
+                decoded = await self._detect(detection, decoded, request, reservation, keep_image, deadline,
+                                             announcements[1])
             prepared = decoded.prepared
+            assert prepared is not None
+            timings = dict(decoded.timings_s)
             if len(prepared.inputs):
                 batch = await self.batcher.submit(prepared.inputs, deadline, announcement)
                 maps = batch.heatmaps
                 timings |= {"queue": batch.queue_s, "inference": batch.inference_s}
-            else:  # an explicit empty box list: nobody to look at
+            else:  # an explicit empty box list, or nobody detected: nobody to look at
                 announcement.release()
                 maps = np.zeros((0,), np.float32)
                 timings |= {"queue": 0.0, "inference": 0.0}
@@ -132,8 +159,9 @@ class PoseService:
             persons = await self._in_worker(deadline, self.codec.persons, prepared, maps)
             timings["postprocess"] = time.perf_counter() - started
         except BaseException:
-            announcement.release()
-            if keep_image and reservation is not None:
+            for each in announcements:
+                each.release()
+            if reservation is not None and (decoding_done or keep_image):
                 reservation.release()
             raise
         self._record(timings, len(persons))
@@ -141,21 +169,55 @@ class PoseService:
             return PoseResult(prepared.image_wh, prepared.flip, persons, timings, decoded.image, reservation)
         return PoseResult(prepared.image_wh, prepared.flip, persons, timings)
 
-    def _decode_and_crop(self, request: PoseRequest, reservation: PixelReservation, keep_image: bool) -> _Decoded:
-        """In a worker thread. The pixels stay reserved while the full image exists: until the crops are made,
-        or (keep_image) until the request is done with it."""
+    def _decode(self, request: PoseRequest, reservation: PixelReservation, keep_image: bool,
+                detect: bool) -> _Decoded:
+        """In a worker thread: decode, then either crop (boxes given, or the whole image) or letterbox for the
+        detector. The pixels stay reserved while the full image exists: until the crops are made, or (keep_image)
+        until the request is done with it."""
+        done = True
         try:
             started = time.perf_counter()
             image = decode_image(request.image, self.limits.max_image_bytes, self.limits.max_image_pixels)
             decoded = time.perf_counter()
+            timings = {"decode": decoded - started}
+            if detect and self.detection is not None:
+                done = False
+                detector_input, ratio = self.detection.detector.prepare(image)
+                timings["detect"] = time.perf_counter() - decoded
+                return _Decoded(image, None, timings, detector_input, ratio)
             height, width = image.shape[:2]
             boxes = whole_image_box((width, height)) if request.boxes is None else request.boxes
             prepared = self.codec.crops(image, boxes, request.flip)
-            timings = {"decode": decoded - started, "preprocess": time.perf_counter() - decoded}
+            timings["preprocess"] = time.perf_counter() - decoded
             return _Decoded(image, prepared, timings)
         finally:
-            if not keep_image:
+            if done and not keep_image:
                 reservation.release()
+
+    async def _detect(self, detection: DetectorStage, decoded: _Decoded, request: PoseRequest,
+                      reservation: PixelReservation, keep_image: bool, deadline: float,
+                      announcement: Announcement) -> _Decoded:
+        """The detector's batcher finds the people; their boxes (with the detector's scores) are then cropped."""
+        assert decoded.detector_input is not None
+        started = time.perf_counter()
+        batch = await detection.batcher.submit(decoded.detector_input[None], deadline, announcement)
+        waited = time.perf_counter() - started
+
+        def boxes_then_crops() -> _Decoded:
+            try:
+                began = time.perf_counter()
+                height, width = decoded.image.shape[:2]
+                boxes = detection.detector.boxes(batch.heatmaps[0], decoded.ratio, (width, height))
+                cropping = time.perf_counter()
+                prepared = self.codec.crops(decoded.image, boxes, request.flip)
+                timings = {**decoded.timings_s, "preprocess": time.perf_counter() - cropping}
+                timings["detect"] += waited + (cropping - began)
+                return _Decoded(decoded.image, prepared, timings)
+            finally:
+                if not keep_image:
+                    reservation.release()
+
+        return await self._in_worker(deadline, boxes_then_crops)
 
     async def _in_worker(self, deadline: float, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` in a preparation thread under the request's deadline (the thread itself cannot be stopped;

@@ -15,6 +15,14 @@ class Settings(BaseSettings):
 
     # model and runtime
     model_path: Path = Field(Path("models/hrnet_w32_256x192.onnx"), description="ONNX file to serve.")
+    detector_path: Path | None = Field(
+        None, description="Person detector ONNX (YOLOX or mmdeploy end2end; its card NAME.json beside it). With it, "
+        "a request without boxes finds the people first; without it, the whole image is one person."
+    )
+    detector_score_threshold: float | None = Field(
+        None, ge=0, le=1, description="Detector score threshold (objectness x class probability); default: the "
+        "detector card's, 0.3."
+    )
     provider: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
         "auto", description="Execution provider: auto picks CUDA when onnxruntime-gpu has it, else CPU; tensorrt must be asked for."
     )

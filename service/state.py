@@ -8,7 +8,7 @@ from service.backend import Backend, ProviderStatus
 from service.batching import MicroBatcher
 from service.metrics import Metrics
 from service.modelcard import ModelCard
-from service.serving import PoseService
+from service.serving import DetectorStage, PoseService
 from service.settings import Settings
 
 
@@ -27,6 +27,7 @@ class ServiceState:
     model: LoadedModel | None = None
     poser: PoseService | None = None
     batcher: MicroBatcher | None = None
+    detection: DetectorStage | None = None
     ready: bool = False
     draining: bool = False
     not_ready_reason: str = "starting: the model is not loaded yet"

@@ -6,7 +6,8 @@ from fastapi import APIRouter, Request
 
 from service.api.deps import service_state
 from service.errors import PoseError
-from service.schemas import ErrorResponse, ModelCardResponse
+from service.detection import PersonDetector
+from service.schemas import DetectorInfo, ErrorResponse, ModelCardResponse
 
 router = APIRouter(tags=["model"])
 
@@ -24,6 +25,7 @@ async def model_card(request: Request) -> ModelCardResponse:
         arch=card.arch,
         trained=card.trained,
         warning=card.warning,
+        precision=card.precision,
         provider=backend.provider,
         provider_ok=state.model.provider_status.ok,
         input=card.input.model_dump(),
@@ -33,5 +35,15 @@ async def model_card(request: Request) -> ModelCardResponse:
         skeleton=[list(e) for e in card.skeleton],
         batch_sizes=list(getattr(backend, "batch_sizes", [])),
         card_found=state.model.card_found,
+        detector=detector_info(state.detection.detector) if state.detection is not None else None,
         card=card.model_dump(mode="json"),
+    )
+
+
+def detector_info(detector: PersonDetector) -> DetectorInfo:
+    return DetectorInfo(
+        name=detector.card.name, layout=detector.layout, input_size=list(detector.input_hw),
+        score_threshold=detector.score_threshold, nms_iou=detector.nms_iou, max_boxes=detector.max_boxes,
+        provider=detector.provider, card_found=detector.card_found, warning=detector.warning,
+        card=detector.card.model_dump(mode="json"),
     )
