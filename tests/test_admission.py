@@ -239,3 +239,52 @@ def test_the_deadline_covers_preparation():
             assert elapsed < 5, f"answered after {elapsed:.1f} s, the deadline is 0.2 s"
         finally:
             stall.set()
+
+
+# ---- point 2, the original attack: concurrent 40-megapixel PNGs against the real server ----------------------------
+@pytest.mark.integration
+def test_concurrent_huge_pngs_are_shed_and_memory_stays_bounded(tiny_onnx):
+    """24 concurrent 40 MP PNGs (about 120 KB each on the wire) took the old server to 3.3-3.8 GB, over the 3Gi
+    Kubernetes limit. Now: every answer is 200 or 429 with Retry-After, and the peak stays near the pixel budget."""
+    from tests.helpers import encode
+    from tests.live_server import LiveServer
+
+    width, height = 8000, 5000  # 40 MP, the default POSE_MAX_IMAGE_PIXELS
+    bomb = encode(np.zeros((height, width, 3), np.uint8), "PNG", compress_level=9)
+    assert len(bomb) < 300_000
+    budget = 3 * width * height
+    with LiveServer(tiny_onnx, env={"POSE_MAX_INFLIGHT_PIXELS": str(budget)}) as server:
+        baseline = server.rss_bytes()
+        peak = [baseline]
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not sampling.is_set():
+                peak[0] = max(peak[0], server.rss_bytes())
+                time.sleep(0.01)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+
+        async def attack() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as client:
+                return await asyncio.gather(*(client.post("/v1/pose", content=bomb,
+                                                          headers={"content-type": "image/png"})
+                                              for _ in range(24)))
+
+        try:
+            responses = asyncio.run(attack())
+        finally:
+            sampling.set()
+            sampler.join(5)
+        statuses = sorted(r.status_code for r in responses)
+        assert set(statuses) <= {200, 429}, statuses
+        assert statuses.count(200) >= 1
+        assert all(r.headers.get("retry-after", "").isdigit() for r in responses if r.status_code == 429)
+        growth = peak[0] - baseline
+        print(f"\n24 x 40 MP PNG: {statuses.count(200)} served, {statuses.count(429)} shed; RSS {baseline / 2**30:.2f} "
+              f"-> peak {peak[0] / 2**30:.2f} GiB (budget {budget / 1e6:.0f} MP)")
+        # about 6 bytes per pixel held while decoding (Pillow's buffer and the RGB array), plus slack
+        assert growth < budget * 8 + 300 * 2**20, f"grew {growth / 2**30:.2f} GiB"
+        assert peak[0] < 2.5 * 2**30, "the Kubernetes limit is 3Gi"
+        assert httpx.get(server.base_url + "/readyz").status_code == 200
