@@ -23,7 +23,6 @@ import onnxruntime
 import pytest
 import torch
 
-from conftest import REFERENCE
 from model_export.__main__ import main
 from model_export.checkpoint import load_checkpoint
 from model_export.configs import get_config
@@ -40,6 +39,7 @@ from model_export.fetch.registry import (
 )
 from model_export.hrnet import HRNet, build_hrnet
 from service.modelcard import ModelCard, card_path_for
+from tests.helpers import REFERENCE
 
 FILE = "tiny_hrnet_coco_256x192-{prefix}_20260101.pth"
 
