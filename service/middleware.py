@@ -19,10 +19,11 @@ import uuid
 
 from starlette.requests import ClientDisconnect
 
-from service.errors import ERROR_STATUS, PoseError, error_body
+from service.errors import ERROR_STATUS, PoseError
 from service.http_limits import TRANSPORT_REFUSAL
 from service.logs import request_id_var
 from service.metrics import Metrics
+from service.oip.errors import error_answer
 
 log = logging.getLogger("service.access")
 
@@ -143,7 +144,7 @@ class AccessControlMiddleware:
         refusal = self._refusal(scope, dict(scope["headers"]))
         if refusal is None:
             return await self.app(scope, receive, send)
-        status, headers, body = error_body(refusal, scope.get("state", {}).get("request_id", "-"))
+        status, headers, body = error_answer(scope["path"], refusal, scope.get("state", {}).get("request_id", "-"))
         self.metrics.errors.labels(code=refusal.code).inc()
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -4,7 +4,7 @@ from fastapi import FastAPI
 
 
 def register_routes(app: FastAPI) -> None:
-    from service.api import health, model, page, pose
+    from service.api import health, model, oip, page, pose
 
-    for module in (pose, model, health, page):
+    for module in (pose, model, health, page, oip):
         app.include_router(module.router)

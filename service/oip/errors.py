@@ -1,0 +1,26 @@
+"""Errors under /v2 answer in the protocol's form, `{"error": "<code>: <message>"}`, with the same status codes
+and Retry-After as /v1 (service/errors.py's table); the request ID is in the X-Request-ID header."""
+
+from __future__ import annotations
+
+import json
+
+from service.errors import PoseError, error_body
+
+PREFIX = "/v2"
+
+
+def is_protocol_path(path: str) -> bool:
+    return path == PREFIX or path.startswith(PREFIX + "/")
+
+
+def protocol_error_body(error: PoseError, request_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, ASGI headers and body, as service.errors.error_body, in the protocol's form."""
+    status, headers, _ = error_body(error, request_id)
+    body = json.dumps({"error": f"{error.code}: {error.message}"}).encode()
+    return status, headers, body
+
+
+def error_answer(path: str, error: PoseError, request_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The error answer for a request to `path`: the protocol's form under /v2, the /v1 form elsewhere."""
+    return (protocol_error_body if is_protocol_path(path) else error_body)(error, request_id)
