@@ -9,11 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import require_shared
-from model_export.checkpoint import (CheckpointError, CheckpointMismatch, file_sha256, load_checkpoint,
-                                     read_checkpoint_config)
+from model_export.checkpoint import (
+    CheckpointError,
+    CheckpointMismatch,
+    file_sha256,
+    load_checkpoint,
+    read_checkpoint_config,
+)
 from model_export.configs import get_config
 from model_export.hrnet import HRNet
+from tests.helpers import require_shared
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 from service.errors import ERROR_STATUS
 from service.settings import Settings
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 README = (ROOT / "README.md").read_text()
 

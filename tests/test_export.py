@@ -12,7 +12,6 @@ import onnxruntime
 import pytest
 import torch
 
-from conftest import ROOT, require_shared
 from model_export.__main__ import main
 from model_export.checkpoint import CheckpointMismatch, file_sha256
 from model_export.configs import get_config
@@ -20,6 +19,7 @@ from model_export.export import export_onnx
 from model_export.hrnet import HRNet, build_hrnet
 from service import coco
 from service.modelcard import UNTRAINED_WARNING, ModelCard, card_path_for
+from tests.helpers import ROOT, require_shared
 
 SEED = 5
 
@@ -104,7 +104,7 @@ def test_random_init_export_is_reproducible(random_export, tmp_path) -> None:
 
 
 def test_checkpoint_export_matches_reference_model(trained_export) -> None:
-    path, card, checkpoint = trained_export
+    path, _, checkpoint = trained_export
     assert_graph_contract(path)
     model = HRNet(get_config("tiny"))
     model.load_state_dict(torch.load(checkpoint, weights_only=True))

@@ -9,7 +9,7 @@ import pytest
 from model_export.export import ExportCheckFailed, export_onnx
 from model_export.fp16 import FP16_RELATIVE_TOLERANCE
 from service.backend import OrtBackend
-from tests.conftest import require_shared
+from tests.helpers import require_shared
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,7 @@ def test_center_x_minus_one_skips_padding_like_the_official_code(affine):
     assert "center x == -1" in str(affine["labels"][20])
     center, scale = box_to_center_scale(affine["boxes_xywh"][20])
     assert center[0] == -1
-    x, y, w, h = affine["boxes_xywh"][20]
+    *_, w, h = affine["boxes_xywh"][20]
     assert w < 0.75 * h  # a tall box: the width grows to 0.75 h, and no x1.25 padding follows
     np.testing.assert_array_equal(scale, np.float32([0.75 * h / 200, h / 200]))
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import require_shared
-from model_export.configs import (ARCHS, config_from_dict, config_from_official_model, get_config)
+from model_export.configs import ARCHS, config_from_dict, config_from_official_model, get_config
 from model_export.hrnet import HRNet, build_hrnet
+from tests.helpers import require_shared
 
 OFFICIAL_PARAMETERS = {"w32_256x192": 28_536_113, "w48_384x288": 63_595_745}
 TINY_PARAMETERS = 544_505
@@ -85,7 +85,7 @@ def test_init_weights_is_official_and_reproducible() -> None:
     first = build_hrnet(get_config("tiny"), seed=7)
     second = build_hrnet(get_config("tiny"), seed=7)
     other = build_hrnet(get_config("tiny"), seed=8)
-    for (key, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+    for (key, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
         assert torch.equal(a, b), key
     assert not torch.equal(first.conv1.weight, other.conv1.weight)
     assert abs(first.stage4[0].branches[3][0].conv1.weight.std().item() - 0.001) < 1e-4

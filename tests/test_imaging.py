@@ -14,15 +14,10 @@ from PIL import Image, ImageFile
 
 from service.errors import PoseError
 from service.imaging import decode_image, encode_image
+from tests.helpers import encode
 
 MAX_BYTES = 5_000_000
 MAX_PIXELS = 20_000_000
-
-
-def encode(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
 
 
 def decode(data: bytes, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> np.ndarray:
