@@ -29,11 +29,22 @@ PROVIDER_NAMES = {
 
 
 class Backend(Protocol):
-    input_hw: tuple[int, int]
-    heatmap_hw: tuple[int, int]
-    num_keypoints: int
-    max_batch_size: int
-    provider: str
+    """What the serving layer needs of a pose model (OrtBackend; tests pass fakes)."""
+
+    @property
+    def input_hw(self) -> tuple[int, int]: ...
+
+    @property
+    def heatmap_hw(self) -> tuple[int, int]: ...
+
+    @property
+    def num_keypoints(self) -> int: ...
+
+    @property
+    def max_batch_size(self) -> int: ...
+
+    @property
+    def provider(self) -> str: ...
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """float32 (N,3,H,W) -> float32 (N,K,h,w)."""
@@ -86,7 +97,7 @@ def padded_batch_sizes(max_batch_size: int, gpu: bool) -> list[int]:
     while size < max_batch_size:
         sizes.append(size)
         size *= 2
-    return sizes + [max_batch_size]
+    return [*sizes, max_batch_size]
 
 
 def open_session(
@@ -204,7 +215,8 @@ class OrtBackend:
         n = len(batch)
         size = next((s for s in self.batch_sizes if s >= n), None)
         if size is None:
-            raise PoseError("internal_error", f"batch of {n} exceeds the backend's largest batch {self.batch_sizes[-1]}")
+            raise PoseError("internal_error",
+                            f"batch of {n} exceeds the backend's largest batch {self.batch_sizes[-1]}")
         if size > n:
             batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), batch.dtype)])
         return self._run(batch)[:n]

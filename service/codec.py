@@ -46,7 +46,7 @@ class PoseCodec:
         self.card = card
         self.input_wh = (card.input.width, card.input.height)
         self.aspect_ratio = card.input.width / card.input.height
-        self.flip_pairs = np.asarray(card.flip_pairs, dtype=np.int64).reshape(-1, 2)
+        self.flip_pairs = card.flip_pairs
 
     def crops(self, image_rgb: np.ndarray, boxes: np.ndarray, flip: bool) -> Prepared:
         """RGB uint8 (H, W, 3) and parsed boxes (N, 5: x, y, w, h, score; see service.boxes) -> network input.
@@ -59,11 +59,13 @@ class PoseCodec:
         inputs = self._normalised_crops(image_rgb, centers, scales, flip)
         return Prepared((width, height), xywh, box_scores, centers, scales, inputs, flip)
 
-    def _normalised_crops(self, image: np.ndarray, centers: np.ndarray, scales: np.ndarray, flip: bool) -> np.ndarray:
+    def _normalised_crops(self, image: np.ndarray, centers: np.ndarray, scales: np.ndarray,
+                          flip: bool) -> np.ndarray:
         width, height = self.input_wh
         if len(centers) == 0:
             return np.zeros((0, 3, height, width), np.float32)
-        crops = np.stack([geometry.crop_person(image, c, s, self.input_wh) for c, s in zip(centers, scales)])
+        crops = np.stack([geometry.crop_person(image, c, s, self.input_wh)
+                          for c, s in zip(centers, scales, strict=True)])
         spec = self.card.input
         inputs = geometry.normalize_crops(crops, spec.mean, spec.std, spec.value_scale, bgr=spec.color_order == "BGR")
         if flip:  # the official flip test mirrors the normalised input tensor (input.flip(3))

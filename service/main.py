@@ -69,8 +69,8 @@ def create_app(settings: Settings | None = None, model: LoadedModel | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = model or await asyncio.to_thread(load_model, settings)
-        found = detector or await asyncio.to_thread(load_detector, settings)
+        loaded = model if model is not None else await asyncio.to_thread(load_model, settings)
+        found = detector if detector is not None else await asyncio.to_thread(load_detector, settings)
         await start_serving(state, loaded, found)
         try:
             yield
@@ -135,7 +135,8 @@ async def start_serving(state: ServiceState, loaded: LoadedModel, detector: Pers
         state.ready = True
         state.not_ready_reason = ""
     else:
-        state.not_ready_reason = f"execution provider: {status.reason}; set POSE_ALLOW_CPU_FALLBACK=true to serve anyway"
+        state.not_ready_reason = (f"execution provider: {status.reason}; "
+                                  "set POSE_ALLOW_CPU_FALLBACK=true to serve anyway")
     metrics.ready.set(1 if state.ready else 0)
     log.info("model %s ready=%s provider=%s", loaded.card.name, state.ready, backend.provider)
 
@@ -178,7 +179,8 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "invalid_request")
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        code = codes.get(exc.status_code, "invalid_request")
         return respond(request, PoseError(code, str(exc.detail)))
 
     @app.exception_handler(Exception)

@@ -94,8 +94,8 @@ class ModelCard(BaseModel):
     input: InputSpec
     output: OutputSpec
     keypoints: list[str] = list(coco.KEYPOINT_NAMES)
-    flip_pairs: list[tuple[int, int]] = [tuple(p) for p in coco.FLIP_PAIRS]
-    skeleton: list[tuple[int, int]] = [tuple(e) for e in coco.SKELETON]
+    flip_pairs: list[tuple[int, int]] = [(a, b) for a, b in coco.FLIP_PAIRS]
+    skeleton: list[tuple[int, int]] = [(a, b) for a, b in coco.SKELETON]
     weights: WeightsInfo
     onnx_sha256: str | None = None
     opset: int | None = None

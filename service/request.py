@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -185,8 +186,8 @@ async def read_batch_request(request: Request, defaults: RequestDefaults,
             raise PoseError("invalid_boxes", f"'boxes' must be a JSON list with one entry (null or a list of boxes) "
                             f"per image ({len(files)})")
         datas = [await f.read() for f in files]
-        return [_item(lambda d=d: d, {**values, "boxes": None if boxes_all is None else boxes_all[i]}, defaults)
-                for i, d in enumerate(datas)]
+        return [_item(functools.partial(bytes, d), {**values, "boxes": None if boxes_all is None else boxes_all[i]},
+                      defaults) for i, d in enumerate(datas)]
     raise PoseError("unsupported_media_type", "send application/json ({'items': [...]}) or multipart/form-data "
                     "with 'images' files")
 
@@ -216,7 +217,8 @@ def _batch_from_json(body: bytes, defaults: RequestDefaults, max_items: int) -> 
         if not isinstance(encoded, str):
             raise PoseError("invalid_request", f"items.{i}.image_base64: a base64 string is required")
         own = {name: item_fields[name].from_json(name, item[name]) for name in item_fields if name in item}
-        requests.append(_item(lambda e=encoded: base64.b64decode(e, validate=True), {**values, **own}, defaults))
+        decode = functools.partial(base64.b64decode, encoded, validate=True)
+        requests.append(_item(decode, {**values, **own}, defaults))
     return requests
 
 

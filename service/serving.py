@@ -11,6 +11,7 @@ into PoseResults through `estimate` / `estimate_many` and serialise them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import os
 import threading
@@ -263,10 +264,8 @@ def _yield_to_inference() -> None:
     """Preparation threads run at a lower CPU priority than inference. On a CPU-only host both compete for the
     same cores; ONNX Runtime splits each op across its threads and waits for the slowest, so a preparation
     thread that preempts one of them stalls them all. Niced, preparation fills the gaps instead."""
-    try:
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not permitted: normal priority
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
-        pass
 
 
 class _OwnItems:
@@ -277,7 +276,8 @@ class _OwnItems:
         self.finished = 0
         self._changed = asyncio.Event()
 
-    async def run(self, attempt: Callable[[], Awaitable[PoseResult]], refuse_call: bool = False) -> PoseResult | PoseError:
+    async def run(self, attempt: Callable[[], Awaitable[PoseResult]],
+                  refuse_call: bool = False) -> PoseResult | PoseError:
         while True:
             self.inflight += 1
             try:

@@ -55,7 +55,7 @@ def test_a_bare_photo_returns_exactly_the_detected_people(client, scene_detector
     assert "detect" in body["timings_ms"] and "detect;dur=" in response.headers["server-timing"]
     # the same boxes given by the caller: the very same keypoints (the detector only chose the crops)
     given = post(client, image, boxes=json.dumps(got.tolist())).json()
-    for detected, explicit in zip(persons, given["persons"]):
+    for detected, explicit in zip(persons, given["persons"], strict=False):
         assert detected["keypoints"] == explicit["keypoints"]
         assert detected["score"] == pytest.approx(explicit["score"])
     assert "detect" not in given["timings_ms"]
@@ -92,7 +92,7 @@ def test_render_draws_every_detected_person_with_their_box(client, scene_detecto
     assert response.status_code == 200, response.text
     drawn = decode_rgb(response.content)
     for x, y, w, h, _ in scene.persons:
-        top_edge = drawn[int(round(y)), int(round(x + w / 2))]
+        top_edge = drawn[round(y), round(x + w / 2)]
         assert tuple(top_edge) == BOX_COLOR, (x, y, w, h)
 
 
@@ -122,9 +122,9 @@ def test_without_a_detector_nothing_changes(tiny_onnx):
 
 def test_a_dynamic_batch_detector_serves_concurrent_bare_photos(tiny_onnx, tmp_path):
     path, scene = build_scene_detector(tmp_path / "dynamic.onnx", IMAGE_WH, batch=None)
-    with TestClient(create_app(Settings(model_path=tiny_onnx, detector_path=path, provider="cpu"))) as dynamic:
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            bodies = list(pool.map(lambda _: post(dynamic, jpeg_bytes(*IMAGE_WH)).json(), range(8)))
+    app = create_app(Settings(model_path=tiny_onnx, detector_path=path, provider="cpu"))
+    with TestClient(app) as dynamic, concurrent.futures.ThreadPoolExecutor(4) as pool:
+        bodies = list(pool.map(lambda _: post(dynamic, jpeg_bytes(*IMAGE_WH)).json(), range(8)))
     assert all(len(b["persons"]) == len(scene.persons) for b in bodies)
 
 
