@@ -1,0 +1,107 @@
+"""`python -m model_export quantize`: the command line over model_export.quantize.quantizer."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from model_export.quantize.calibration import CalibrationDataError
+from model_export.quantize.graph import ModelNotQuantizable
+from model_export.quantize.quantizer import METHODS, REPORT_SUFFIX, AgreementTooLow, QuantizeSettings, quantize_model
+from service.errors import ModelLoadError
+
+DESCRIPTION = f"""\
+Static INT8 quantization (ONNX QDQ) of a float32 top-down pose model for CPUs, calibrated on real person crops.
+
+The crops are cut from the annotated person boxes exactly as the service cuts them. Whole photos are split into a
+calibration set and a held-out set; the INT8 model is compared with its parent on the held-out crops only.
+Weights are int8 per output channel, activations uint8 with ranges from the chosen calibration method. The first
+convolution and the final heatmap convolution stay in float; a sensitivity check tries the layers that add the
+most noise in float too and keeps those that improve the heatmaps.
+
+Writes OUT.onnx, its card OUT.json (quantization: method, float layers, calibration set, parent sha256, agreement)
+and OUT{REPORT_SUFFIX} (each layer's SQNR against float32 on the held-out crops). Exit codes: 0 written;
+1 agreement below --min-heatmap-sqnr (nothing written); 2 unusable model or data.
+"""
+
+EPILOG = """\
+Examples:
+  python -m model_export quantize --model models/hrnet_w32_256x192.onnx --output models/hrnet_w32_256x192.int8.onnx \\
+      --calibration-annotations coco/annotations/person_keypoints_val2017.json --calibration-images coco/val2017
+  # the shared photos (a boxes.json index works as well as COCO annotations)
+  python -m model_export quantize --model models/m.onnx --output models/m.int8.onnx \\
+      --calibration-annotations ../shared/data/people/boxes.json --calibration-images ../shared/data/people
+"""
+
+
+def add_quantize_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("quantize", help="static INT8 (QDQ) model for CPUs, calibrated on real crops",
+                                   description=DESCRIPTION, epilog=EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, metavar="IN.onnx", help="float32 ONNX model")
+    parser.add_argument("--output", type=Path, required=True, metavar="OUT.onnx", help="INT8 model to write")
+    data = parser.add_argument_group("calibration data")
+    data.add_argument("--calibration-annotations", type=Path, required=True, metavar="FILE",
+                      help="COCO annotations (images[].file_name, annotations[].bbox) or a boxes.json index")
+    data.add_argument("--calibration-images", type=Path, required=True, metavar="DIR",
+                      help="folder the file names are relative to")
+    data.add_argument("--max-crops", type=int, default=256, metavar="N", help="calibration crops (default 256)")
+    data.add_argument("--held-out-fraction", type=float, default=0.25, metavar="F",
+                      help="share of the photos held out for the agreement check (default 0.25)")
+    data.add_argument("--max-held-out-crops", type=int, default=128, metavar="N", help="default 128")
+    data.add_argument("--seed", type=int, default=0, help="seed of the photo split and crop sample")
+    quant = parser.add_argument_group("quantization")
+    quant.add_argument("--method", choices=sorted(METHODS), default="percentile",
+                       help="activation range calibration (default percentile; minmax lets outliers waste the range)")
+    quant.add_argument("--percentile", type=float, default=99.999, help="for --method percentile (default 99.999)")
+    quant.add_argument("--exclude", action="append", default=[], metavar="NODE",
+                       help="keep this node in float as well (repeatable; node names are in the layer report)")
+    quant.add_argument("--sensitivity", action=argparse.BooleanOptionalAction, default=True,
+                       help="try the noisiest layers in float and keep those that help (default on)")
+    quant.add_argument("--sensitive-below-db", type=float, default=30.0, metavar="DB",
+                       help="the check tries in float each int8 layer whose own noise alone would bring an exact "
+                            "signal below this SQNR (default 30 dB; one int8 layer typically adds 35-45 dB)")
+    quant.add_argument("--max-sensitive", type=int, default=4, metavar="N",
+                       help="at most N layers added to float by the sensitivity check (default 4)")
+    quant.add_argument("--reduce-range", action="store_true",
+                       help="7-bit weights, for x86 CPUs without VNNI (avoids int16 saturation; costs accuracy)")
+    quant.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
+                       help="per-output-channel weight scales (default on)")
+    quant.add_argument("--batch-size", type=int, default=4, help="calibration batch (a fixed-batch model uses its own)")
+    check = parser.add_argument_group("acceptance")
+    check.add_argument("--min-heatmap-sqnr", type=float, default=15.0, metavar="DB",
+                       help="refuse to write a model whose held-out heatmap SQNR is below this (default 15 dB)")
+    check.add_argument("--accept-low-agreement", action="store_true", help="write it anyway")
+    parser.set_defaults(run=run_quantize_command)
+
+
+def run_quantize_command(args: argparse.Namespace) -> int:
+    for path in (args.model, args.calibration_annotations, args.calibration_images):
+        if not path.exists():
+            print(f"quantize: not found: {path}", file=sys.stderr)
+            return 2
+    settings = QuantizeSettings(
+        model=args.model, output=args.output, annotations=args.calibration_annotations,
+        images=args.calibration_images, max_crops=args.max_crops, held_out_fraction=args.held_out_fraction,
+        max_held_out_crops=args.max_held_out_crops, method=args.method, percentile=args.percentile,
+        exclude=tuple(args.exclude), sensitivity=args.sensitivity, sensitive_below_db=args.sensitive_below_db,
+        max_sensitive=args.max_sensitive,
+        per_channel=args.per_channel, reduce_range=args.reduce_range, min_heatmap_sqnr_db=args.min_heatmap_sqnr,
+        accept_low_agreement=args.accept_low_agreement, batch_size=args.batch_size, seed=args.seed)
+    try:
+        result = quantize_model(settings)
+    except AgreementTooLow as exc:
+        print(f"quantize: {exc}", file=sys.stderr)
+        return 1
+    except (ModelNotQuantizable, CalibrationDataError, ModelLoadError, ValueError) as exc:
+        print(f"quantize: {exc}", file=sys.stderr)
+        return 2
+    worst = sorted((e for e in result.layers if e.int8), key=lambda e: e.added_db)[:5]
+    print(f"wrote {result.output} (+ {result.output.with_suffix('.json').name}, {result.report.name})")
+    print(f"kept in float: {', '.join(result.float_layers)}")
+    print(f"agreement with float32 on held-out crops: {result.agreement.summary()}")
+    print("noisiest int8 layers: " + "; ".join(f"{e.name} adds {e.added_db:.1f} dB (at {e.sqnr_db:.1f})"
+                                               for e in worst))
+    return 0
