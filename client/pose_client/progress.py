@@ -52,4 +52,5 @@ def make_progress(total: int, enabled: bool, description: str = "pose") -> Progr
         from tqdm import tqdm  # optional extra
     except ImportError:
         return CounterProgress(total, description)
-    return tqdm(total=total, desc=description, unit="image")  # type: ignore[no-any-return]
+    bar: Progress = tqdm(total=total, desc=description, unit="image")
+    return bar
