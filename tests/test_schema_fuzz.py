@@ -5,6 +5,7 @@ a body that validates against the documented schema (ErrorResponse for every ref
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -122,28 +123,29 @@ def test_every_route_documents_its_errors(api_schema):
                         (method, path, status, schema_ref)
 
 
+def probe_operation(operation, headers: dict | None = None) -> tuple[set[int], str | None]:
+    """A few generated valid requests to one operation: the statuses seen, and what did not conform (or None)."""
+    statuses: set[int] = set()
+
+    @given(case=operation.as_strategy(generation_mode=GenerationMode.POSITIVE, headers=headers))
+    @settings(max_examples=3, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    def probe(case):
+        at_served_model(case)
+        response = case.call()
+        statuses.add(response.status_code)
+        case.validate_response(response, checks=CHECKS[1:])  # a 503 is expected here
+
+    try:
+        probe()
+    except Exception as exc:  # what did not conform
+        return statuses, str(exc)[:2000]
+    return statuses, None
+
+
 def probe_operations(api_schema, headers: dict | None = None) -> dict[str, tuple[set[int], str | None]]:
-    """A few generated valid requests per operation: the statuses seen and what did not conform, by operation."""
-    results = {}
-    for method, path in OPERATIONS:
-        statuses: set[int] = set()
-
-        @given(case=api_schema[path][method].as_strategy(generation_mode=GenerationMode.POSITIVE, headers=headers))
-        @settings(max_examples=3, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
-        def probe(case):
-            at_served_model(case)
-            response = case.call()
-            statuses.add(response.status_code)
-            case.validate_response(response, checks=CHECKS[1:])  # a 503 is expected here
-
-        try:
-            probe()
-            failure = None
-        except Exception as exc:  # what did not conform
-            failure = str(exc)[:2000]
-        results[f"{method} {path}"] = (statuses, failure)
-    return results
+    """probe_operation for every operation, by "METHOD path"."""
+    return {f"{method} {path}": probe_operation(api_schema[path][method], headers) for method, path in OPERATIONS}
 
 
 def test_refusals_without_a_key_conform_to_the_schema(tiny_onnx):
@@ -157,11 +159,10 @@ def test_refusals_without_a_key_conform_to_the_schema(tiny_onnx):
 def test_refusals_while_not_ready_conform_to_the_schema(tiny_onnx):
     """A GPU provider that did not load (and no CPU fallback allowed): the service is up but not ready."""
     settings = Settings(model_path=tiny_onnx, intra_op_threads=1)
-    loaded = load_model(settings)
-    loaded.provider_status = ProviderStatus("cuda", "CPUExecutionProvider", ok=False, reason="CUDA did not load")
-    app = create_app(settings, model=loaded)
+    unready = ProviderStatus("cuda", "CPUExecutionProvider", ok=False, reason="CUDA did not load")
+    app = create_app(settings, model=dataclasses.replace(load_model(settings), provider_status=unready))
     results = probe_operations(schemathesis.openapi.from_asgi("/openapi.json", app))
-    for label, (statuses, failure) in results.items():
+    for label, (_, failure) in results.items():
         assert failure is None, (label, failure)
     assert {label: statuses for label, (statuses, _) in results.items()} == {
         "POST /v1/pose": {503}, "POST /v1/pose/render": {503}, "POST /v1/pose/batch": {503},
