@@ -29,8 +29,8 @@ from pose_client import (
     UnavailableError,
 )
 
-from tests.conftest import jpeg_bytes
-from tests.live_server import LiveServer, free_port
+from tests.helpers import free_port, jpeg_bytes
+from tests.live_server import LiveServer
 
 CLIENT = Path(__file__).resolve().parents[1] / "client"
 API_KEY = "client-test-key"
