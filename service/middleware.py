@@ -27,7 +27,7 @@ from service.oip.errors import error_answer
 
 log = logging.getLogger("service.access")
 
-PROBE_PATHS = ("/livez", "/readyz", "/metrics")
+PROBE_PATHS = ("/livez", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready")  # v2: KServe-style probes
 OPEN_PATHS = ("/", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc")
 
 

@@ -231,13 +231,19 @@ def test_kserve_rest_client_health_and_infer(server: LiveServer) -> None:
 
 # -- refusals in the protocol's form, in process -------------------------------------------------------------------
 def test_keys_not_ready_and_unknown_routes_answer_in_the_protocol_form(tiny_onnx: Path) -> None:
-    with TestClient(create_app(Settings(model_path=tiny_onnx, api_keys=KEY, intra_op_threads=1))) as client:
+    settings = Settings(model_path=tiny_onnx, api_keys=KEY, intra_op_threads=1, max_body_bytes=100_000)
+    with TestClient(create_app(settings)) as client:
+        # the health probes stay open, as /livez and /readyz do (POSE_AUTH_PROBES closes them)
+        assert client.get("/v2/health/live").status_code == 200 and client.get("/v2/health/ready").status_code == 200
         refused = client.get(f"/v2/models/{MODEL}")
         assert refused.status_code == 401 and refused.json() == {"error": refused.json()["error"]}
         assert refused.json()["error"].startswith("unauthorized: ")
         assert client.get(f"/v2/models/{MODEL}", headers={"X-API-Key": KEY}).status_code == 200
         missing = client.get("/v2/repository/index", headers={"X-API-Key": KEY})
         assert missing.status_code == 404 and missing.json()["error"].startswith("not_found: ")
+        too_big = client.post(f"/v2/models/{MODEL}/infer", content=b"{" + b" " * 200_000 + b"}",
+                              headers={"X-API-Key": KEY})
+        assert too_big.status_code == 413 and too_big.json()["error"].startswith("payload_too_large: ")
         v1 = client.get("/v1/model")  # /v1 keeps its own form
         assert v1.status_code == 401 and v1.json()["error"]["code"] == "unauthorized"
 
