@@ -275,6 +275,22 @@ def test_connection_errors_are_retried_and_client_errors_are_not() -> None:
     assert unreachable.value.attempts == 3
 
 
+def test_fields_are_sent_only_when_given() -> None:
+    sent: list[bytes] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        sent.append(request.read())
+        return httpx.Response(200, json=POSE_JSON)
+
+    with PoseClient("http://fake", transport=httpx.MockTransport(record)) as client:
+        client.pose(b"jpeg")
+        client.pose(b"jpeg", boxes=[], flip=True, detect=False, box_format="xyxy")
+    plain, full = sent
+    assert b'name="boxes"' not in plain and b'name="flip"' not in plain and b'name="detect"' not in plain
+    for field, value in ((b"boxes", b"[]"), (b"flip", b"true"), (b"detect", b"false"), (b"box_format", b"xyxy")):
+        assert re.search(rb'name="' + field + rb'"\r\n\r\n' + re.escape(value) + rb"\r\n", full), field
+
+
 def test_the_wait_is_jittered_but_never_below_retry_after() -> None:
     policy = RetryPolicy(jitter=0.25)
     waits = [policy.delay(0, 2.0) for _ in range(200)]

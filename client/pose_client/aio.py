@@ -54,13 +54,14 @@ class AsyncPoseClient:
 
     # -- calls ----------------------------------------------------------------------------------
     async def pose(self, image: ImageInput, boxes: Sequence[Box] | None = None, flip: bool | None = None,
-                   box_format: str = "xywh") -> PoseResult:
-        """Keypoints of the people in one image. boxes None: the whole image is one person; []: nobody."""
-        return pose_result(await self._send(pose_call(read_image(image), boxes, flip, box_format)))
+                   box_format: str = "xywh", detect: bool | None = None) -> PoseResult:
+        """Keypoints of the people in one image. boxes None: the service's person detector finds them (without one,
+        or with detect=False, the whole image is one person); []: nobody. flip None: the service's default."""
+        return pose_result(await self._send(pose_call(read_image(image), boxes, flip, box_format, detect)))
 
     async def render(self, image: ImageInput, boxes: Sequence[Box] | None = None, flip: bool | None = None,
-                     box_format: str = "xywh", format: str = "jpeg") -> RenderedImage:
-        return rendered_image(await self._send(render_call(read_image(image), boxes, flip, box_format, format)))
+                     box_format: str = "xywh", detect: bool | None = None, format: str = "jpeg") -> RenderedImage:
+        return rendered_image(await self._send(render_call(read_image(image), boxes, flip, box_format, detect, format)))
 
     async def model(self) -> dict[str, Any]:
         card: dict[str, Any] = (await self._send(Call("GET", "/v1/model"))).json()
@@ -68,16 +69,19 @@ class AsyncPoseClient:
 
     @overload
     async def pose_many(self, images: Sequence[ImageInput], boxes: Sequence[Sequence[Box] | None] | None = None,
-                        flip: bool | None = None, box_format: str = "xywh", progress: bool = False,
+                        flip: bool | None = None, box_format: str = "xywh", detect: bool | None = None,
+                        progress: bool = False,
                         return_exceptions: Literal[False] = False) -> list[PoseResult]: ...
 
     @overload
     async def pose_many(self, images: Sequence[ImageInput], boxes: Sequence[Sequence[Box] | None] | None = None,
-                        flip: bool | None = None, box_format: str = "xywh", progress: bool = False, *,
+                        flip: bool | None = None, box_format: str = "xywh", detect: bool | None = None,
+                        progress: bool = False, *,
                         return_exceptions: Literal[True]) -> list[PoseResult | PoseClientError]: ...
 
     async def pose_many(self, images: Sequence[ImageInput], boxes: Sequence[Sequence[Box] | None] | None = None,
-                        flip: bool | None = None, box_format: str = "xywh", progress: bool = False,
+                        flip: bool | None = None, box_format: str = "xywh", detect: bool | None = None,
+                        progress: bool = False,
                         return_exceptions: bool = False) -> list[PoseResult] | list[PoseResult | PoseClientError]:
         """One result per image, in input order. A fixed set of `max_concurrency` workers takes the images in turn,
         so only that many are read into memory at once. With return_exceptions, a failed image's entry is its
@@ -90,7 +94,7 @@ class AsyncPoseClient:
         async def worker() -> None:
             for index in indices:  # one shared iterator: each index goes to exactly one worker
                 try:
-                    results[index] = await self.pose(images[index], per_image[index], flip, box_format)
+                    results[index] = await self.pose(images[index], per_image[index], flip, box_format, detect)
                 except PoseClientError as error:
                     if not return_exceptions:
                         raise

@@ -41,16 +41,17 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"X-API-Key": api_key} if api_key else {}
 
 
-def pose_call(image: bytes, boxes: Sequence[Box] | None, flip: bool | None, box_format: str) -> Call:
-    data, files = pose_form(image, boxes, flip, box_format)
+def pose_call(image: bytes, boxes: Sequence[Box] | None, flip: bool | None, box_format: str,
+              detect: bool | None) -> Call:
+    data, files = pose_form(image, boxes, flip, box_format, detect)
     return Call("POST", "/v1/pose", data=data, files=files)
 
 
 def render_call(image: bytes, boxes: Sequence[Box] | None, flip: bool | None, box_format: str,
-                image_format: str) -> Call:
+                detect: bool | None, image_format: str) -> Call:
     if image_format not in RENDER_FORMATS:
         raise ValueError(f"format must be one of {RENDER_FORMATS}, not {image_format!r}")
-    data, files = pose_form(image, boxes, flip, box_format)
+    data, files = pose_form(image, boxes, flip, box_format, detect)
     return Call("POST", "/v1/pose/render", params={"format": image_format}, data=data, files=files)
 
 

@@ -56,15 +56,15 @@ class PoseClient:
 
     # -- calls ----------------------------------------------------------------------------------
     def pose(self, image: ImageInput, boxes: Sequence[Box] | None = None, flip: bool | None = None,
-             box_format: str = "xywh") -> PoseResult:
-        """Keypoints of the people in one image. boxes None: the whole image is one person; []: nobody.
-        flip None: the service's default (POSE_FLIP_TEST)."""
-        return pose_result(self._send(pose_call(read_image(image), boxes, flip, box_format)))
+             box_format: str = "xywh", detect: bool | None = None) -> PoseResult:
+        """Keypoints of the people in one image. boxes None: the service's person detector finds them (without one,
+        or with detect=False, the whole image is one person); []: nobody. flip None: the service's default."""
+        return pose_result(self._send(pose_call(read_image(image), boxes, flip, box_format, detect)))
 
     def render(self, image: ImageInput, boxes: Sequence[Box] | None = None, flip: bool | None = None,
-               box_format: str = "xywh", format: str = "jpeg") -> RenderedImage:
+               box_format: str = "xywh", detect: bool | None = None, format: str = "jpeg") -> RenderedImage:
         """The image with the skeletons drawn (JPEG or PNG bytes in `.content`)."""
-        return rendered_image(self._send(render_call(read_image(image), boxes, flip, box_format, format)))
+        return rendered_image(self._send(render_call(read_image(image), boxes, flip, box_format, detect, format)))
 
     def model(self) -> dict[str, Any]:
         """The served model's card (GET /v1/model)."""
@@ -73,16 +73,19 @@ class PoseClient:
 
     @overload
     def pose_many(self, images: Sequence[ImageInput], boxes: Sequence[Sequence[Box] | None] | None = None,
-                  flip: bool | None = None, box_format: str = "xywh", progress: bool = False,
+                  flip: bool | None = None, box_format: str = "xywh", detect: bool | None = None,
+                  progress: bool = False,
                   return_exceptions: Literal[False] = False) -> list[PoseResult]: ...
 
     @overload
     def pose_many(self, images: Sequence[ImageInput], boxes: Sequence[Sequence[Box] | None] | None = None,
-                  flip: bool | None = None, box_format: str = "xywh", progress: bool = False, *,
+                  flip: bool | None = None, box_format: str = "xywh", detect: bool | None = None,
+                  progress: bool = False, *,
                   return_exceptions: Literal[True]) -> list[PoseResult | PoseClientError]: ...
 
     def pose_many(self, images: Sequence[ImageInput], boxes: Sequence[Sequence[Box] | None] | None = None,
-                  flip: bool | None = None, box_format: str = "xywh", progress: bool = False,
+                  flip: bool | None = None, box_format: str = "xywh", detect: bool | None = None,
+                  progress: bool = False,
                   return_exceptions: bool = False) -> list[PoseResult] | list[PoseResult | PoseClientError]:
         """One result per image, in input order, at most `max_concurrency` in flight. `boxes`: one entry per image
         (None: whole image). With return_exceptions, a failed image's entry is its exception; otherwise the first
@@ -93,7 +96,7 @@ class PoseClient:
 
         def one(index: int) -> None:
             try:
-                results[index] = self.pose(images[index], per_image[index], flip, box_format)
+                results[index] = self.pose(images[index], per_image[index], flip, box_format, detect)
             except PoseClientError as error:
                 if not return_exceptions:
                     raise

@@ -42,8 +42,8 @@ def boxes_json(boxes: Sequence[Box] | None) -> str | None:
     return json.dumps([[float(v) for v in box] for box in boxes])
 
 
-def pose_form(image: bytes, boxes: Sequence[Box] | None, flip: bool | None,
-              box_format: str) -> tuple[dict[str, str], dict[str, tuple[str, bytes, str]]]:
+def pose_form(image: bytes, boxes: Sequence[Box] | None, flip: bool | None, box_format: str,
+              detect: bool | None = None) -> tuple[dict[str, str], dict[str, tuple[str, bytes, str]]]:
     """Multipart fields and files of /v1/pose and /v1/pose/render (multipart keeps long box lists off the URL)."""
     if box_format not in BOX_FORMATS:
         raise ValueError(f"box_format must be one of {BOX_FORMATS}, not {box_format!r}")
@@ -51,8 +51,9 @@ def pose_form(image: bytes, boxes: Sequence[Box] | None, flip: bool | None,
     encoded = boxes_json(boxes)
     if encoded is not None:
         fields["boxes"] = encoded
-    if flip is not None:
-        fields["flip"] = "true" if flip else "false"
+    for name, value in (("flip", flip), ("detect", detect)):  # None: the service's default
+        if value is not None:
+            fields[name] = "true" if value else "false"
     return fields, {"image": ("image", image, "application/octet-stream")}
 
 
