@@ -101,6 +101,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             super().data_received(data)
             return
         room = self.limits.max_header_bytes - self._head_bytes
+        if len(data) <= room or data.find(b"\r\n\r\n", 0, room) >= 0:  # the head ends within the limit: no copies
+            self._head_bytes += len(data)
+            super().data_received(data)
+            return
         head, rest = data[:room], data[room:]
         self._head_bytes += len(head)
         if head:

@@ -341,3 +341,34 @@ def test_head_on_get_routes_is_200_without_a_body(server, path):
     assert head.status_code == 200 and head.content == b""
     assert head.headers["content-type"] == httpx.get(f"{server.base_url}{path}", timeout=10).headers["content-type"]
     assert head.headers["x-request-id"]
+
+
+def test_pipelined_requests_still_answer_in_order_through_the_limited_protocol(server):
+    """The head limit slices what it feeds the parser; pipelining (held up in the first round) must not notice."""
+    image = encode(photo(160, 120), "JPEG")
+    pose = (b"POST /v1/pose HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\n"
+            + f"Content-Length: {len(image)}\r\n\r\n".encode() + image)
+    filler = b"X-Filler: " + b"a" * (MAX_HEADER_BYTES // 2) + b"\r\n"  # two of these heads exceed one limit
+    livez = b"GET /livez HTTP/1.1\r\nHost: test\r\n" + filler + b"\r\n"
+    last = b"GET /readyz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    sock = _connect(server)
+    sock.sendall(livez + pose + livez + livez + last)
+    answer = _read_until_closed(sock)
+    sock.close()
+    assert answer.count(b"HTTP/1.1 ") == answer.count(b"HTTP/1.1 200 OK\r\n") == 5, answer[-500:]
+    assert answer.count(b'"status":"ok"') == 3 and answer.count(b'"status":"ready"') == 1
+
+
+def test_invalid_http_is_refused_counted_and_logged_with_the_client(server):
+    """'Also seen': uvicorn's "Invalid HTTP request received." lines had no request ID or client. A smuggling
+    attempt (Content-Length and Transfer-Encoding together, refused in the first round) must stay refused."""
+    before = _metric(server, 'pose_requests_total{endpoint="unmatched",status="400"}')
+    sock = _connect(server)
+    sock.sendall(b"POST /v1/pose HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"0\r\n\r\nGET /livez HTTP/1.1\r\nHost: test\r\n\r\n")
+    answer = _read_until_closed(sock)
+    sock.close()
+    assert _status_line(answer) == b"HTTP/1.1 400 Bad Request" and answer.count(b"HTTP/1.1 ") == 1, answer
+    assert _metric(server, 'pose_requests_total{endpoint="unmatched",status="400"}') == before + 1
+    invalid = [r for r in server.log_records() if r["message"].startswith("Invalid HTTP request")]
+    assert invalid and invalid[-1]["client"].startswith("127.0.0.1:")
