@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import time
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     app = create_app(settings, model=model, detector=detector)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                            timeout_graceful_shutdown=settings.shutdown_timeout_s,
+                            timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
                             http=http_protocol(settings, app.state.service.metrics),
                             timeout_keep_alive=settings.keep_alive_timeout_s)
     server = DrainingServer(config, app.state.service, settings.shutdown_delay_s)

@@ -8,6 +8,7 @@ official pipeline's cv2.imread ignores them: the model was trained on the raw pi
 
 from __future__ import annotations
 
+import contextlib
 import io
 
 import numpy as np
@@ -82,10 +83,11 @@ def read_header(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
             "image_too_many_pixels",
             f"The image is {width}x{height} = {width * height} pixels; at most {max_pixels} are accepted.",
         )
-    if getattr(image, "n_frames", 1) > 1:
+    frames: int = getattr(image, "n_frames", 1)
+    if frames > 1:
         raise PoseError(
             "animated_image_unsupported",
-            f"The {image.format} image is animated ({image.n_frames} frames); send a single still image.",
+            f"The {image.format} image is animated ({frames} frames); send a single still image.",
         )
     return image
 
@@ -130,10 +132,8 @@ def _open_header(prefix: bytes, data: bytes) -> Image.Image:
 
 def _apply_exif_orientation(image: Image.Image) -> None:
     """Rotate/flip in place as the EXIF Orientation tag says. Unreadable EXIF is ignored, not refused."""
-    try:
+    with contextlib.suppress(Exception):  # a broken EXIF block should not cost the caller a decodable photo
         ImageOps.exif_transpose(image, in_place=True)
-    except Exception:  # a broken EXIF block should not cost the caller a decodable photo
-        pass
 
 
 def _to_rgb_array(image: Image.Image) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -9,7 +11,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service.api.deps import service_state
 from service.schemas import ErrorResponse, HealthResponse
 
-UNAUTHORIZED = {401: {"model": ErrorResponse, "description": "Missing or wrong API key (when POSE_AUTH_PROBES=true)"}}
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing or wrong API key (when POSE_AUTH_PROBES=true)"}
+}
 
 router = APIRouter(tags=["health"])
 
