@@ -4,6 +4,8 @@
 (b) the service over HTTP on 127.0.0.1: 1 client single-person; N clients single-person; N clients multi-person
 (c) PyTorch eager, one request and one crop at a time (the official style)
 (d) ONNX Runtime, one request and one crop at a time, no batching
+(e) with --int8-model: the INT8 model's ceiling and a second service on it, N clients single- and multi-person,
+    in the same rounds, as ratios to the fp32 service
 Writes bench.json and bench.md to --out and prints the table.
 """
 
@@ -14,6 +16,7 @@ import json
 import os
 import platform
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import onnxruntime
@@ -21,6 +24,7 @@ import onnxruntime
 from service.backend import OrtBackend
 from service.bench import baselines
 from service.bench.http_load import http_load, peak_rss_bytes, running_service, stage_means_ms, stage_totals
+from service.bench.int8 import describe_int8, int8_ratios, int8_verdicts
 from service.bench.stats import Phase
 from service.bench.workload import DEFAULT_PEOPLE_DIR, load_photos
 from service.modelcard import read_card
@@ -45,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument("--skip-torch", action="store_true", help="skip the PyTorch eager baseline")
+    parser.add_argument("--int8-model", type=Path, default=None, metavar="PATH",
+                        help="also measure this INT8 model (python -m model_export quantize) against --model")
     return parser.parse_args(argv)
 
 
@@ -58,6 +64,11 @@ def measure(args) -> dict:
     best, sweep = baselines.best_batch_size(backend, budget_s=4 * args.slice_seconds)
     ort_one = baselines.ort_per_crop_infer(args.model)
     torch_one = None if args.skip_torch else baselines.torch_eager_infer(card)
+    int8 = None
+    if args.int8_model is not None:
+        int8_backend = OrtBackend(args.int8_model, provider="cpu", max_batch=args.max_batch_size)
+        int8_best, int8_sweep = baselines.best_batch_size(int8_backend, budget_s=4 * args.slice_seconds)
+        int8 = (int8_backend, int8_best, int8_sweep, read_card(args.int8_model, int8_backend)[0])
     n, t = args.clients, args.slice_seconds
     env = {"POSE_MAX_BATCH_SIZE": str(args.max_batch_size), "POSE_MAX_QUEUE_CROPS": "256"}
     phases: dict[str, Phase] = {}
@@ -66,10 +77,11 @@ def measure(args) -> dict:
     def run(key: str, phase: Phase) -> None:
         phases[key] = phases[key].add(phase) if key in phases else phase
 
-    def run_service(key: str, name: str, photos, clients: int) -> None:
-        before = stage_totals(url)
-        run(key, http_load(url, name, photos, clients, t))
-        after = stage_totals(url)
+    def run_service(key: str, name: str, photos, clients: int, on: str | None = None) -> None:
+        target = on or url
+        before = stage_totals(target)
+        run(key, http_load(target, name, photos, clients, t))
+        after = stage_totals(target)
         sums = stage_sums.setdefault(key, {})
         for stage, (seconds, count) in after.items():
             seconds0, count0 = before.get(stage, (0.0, 0.0))
@@ -77,7 +89,9 @@ def measure(args) -> dict:
             total[0] += seconds - seconds0
             total[1] += count - count0
 
-    with running_service(args.model, env) as (url, pid):
+    with ExitStack() as services:
+        url, pid = services.enter_context(running_service(args.model, env))
+        int8_url = services.enter_context(running_service(args.int8_model, env))[0] if int8 else None
         for _ in range(args.rounds):
             run("ceiling", baselines.model_only(backend, best, t))
             run("model_batch1", baselines.model_only(backend, 1, t))
@@ -93,11 +107,19 @@ def measure(args) -> dict:
             run_service("service_1c_single", "(b) service, 1 client, single-person", single, 1)
             run_service("service_single", f"(b) service, {n} clients, single-person", single, n)
             run_service("service_multi", f"(b) service, {n} clients, multi-person", multi, n)
+            if int8:
+                run("int8_ceiling", baselines.model_only(int8[0], int8[1], t))
+                run_service("int8_service_single", f"(e) INT8 service, {n} clients, single-person", single, n, int8_url)
+                run_service("int8_service_multi", f"(e) INT8 service, {n} clients, multi-person", multi, n, int8_url)
         rss = peak_rss_bytes(pid)
     stages = {key: stage_means_ms({}, {s: tuple(v) for s, v in sums.items()}) for key, sums in stage_sums.items()}
     phases["ceiling"].name = f"(a) ceiling: raw ORT, best batch size ({best})"
     phases["model_batch1"].name = "raw ORT, batch 1 (single-crop model latency)"
-    return {"phases": phases, "sweep": sweep, "stages_ms": stages, "peak_rss_bytes": rss, "card": card}
+    result = {"phases": phases, "sweep": sweep, "stages_ms": stages, "peak_rss_bytes": rss, "card": card}
+    if int8:
+        phases["int8_ceiling"].name = f"(e) INT8 ceiling: raw ORT, best batch size ({int8[1]})"
+        result |= {"int8_sweep": int8[2], "int8_card": int8[3]}
+    return result
 
 
 def ratios(result: dict) -> dict[str, float]:
@@ -112,10 +134,10 @@ def ratios(result: dict) -> dict[str, float]:
     if "torch_per_crop_single" in p:
         out["service_single_over_torch_eager"] = p["service_single"].crops_per_s / p["torch_per_crop_single"].crops_per_s
         out["service_multi_over_torch_eager"] = p["service_multi"].crops_per_s / p["torch_per_crop_multi"].crops_per_s
-    return {k: round(v, 3) for k, v in out.items()}
+    return {k: round(v, 3) for k, v in out.items()} | int8_ratios(p)
 
 
-def verdicts(r: dict[str, float], rss_gb: float) -> dict[str, bool]:
+def verdicts(r: dict[str, float], rss_gb: float, clients: int = 4) -> dict[str, bool]:
     v = {
         "service >= 0.95 x ceiling (4 clients, multi-person)": r["service_multi_over_ceiling"] >= TARGETS["service_over_ceiling"],
         "service >= 0.95 x ceiling (4 clients, single-person)": r["service_single_over_ceiling"] >= TARGETS["service_over_ceiling"],
@@ -125,7 +147,7 @@ def verdicts(r: dict[str, float], rss_gb: float) -> dict[str, bool]:
     if "service_single_over_torch_eager" in r:
         v["service >= 1.7 x PyTorch eager"] = min(r["service_single_over_torch_eager"],
                                                  r["service_multi_over_torch_eager"]) >= TARGETS["service_over_torch_eager"]
-    return v
+    return v | int8_verdicts(r, clients)
 
 
 def markdown(result: dict, r: dict[str, float], v: dict[str, bool], env: dict) -> str:
@@ -136,6 +158,9 @@ def markdown(result: dict, r: dict[str, float], v: dict[str, bool], env: dict) -
         s = phase.summary()
         lines.append(f"| {s['name']} | {s['crops_per_s']} | {s['requests_per_s']} | {s['p50_ms']} | {s['p95_ms']} | "
                      f"{s['p99_ms']} |")
+    if "int8_card" in result:
+        lines += ["", describe_int8(result["int8_card"]), "",
+                  f"INT8 ceiling sweep (crops/s by batch size): {result['int8_sweep']}"]
     lines += ["", f"Ceiling sweep (crops/s by batch size): {result['sweep']}", "",
               "Where a service request's time goes (mean ms per request, by stage):", "",
               "| phase | " + " | ".join(STAGE_ORDER) + " |", "|---|" + "---:|" * len(STAGE_ORDER)]
@@ -153,9 +178,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if not args.model.is_file():
         raise SystemExit(f"model not found: {args.model}; run `make model` first")
+    if args.int8_model is not None and not args.int8_model.is_file():
+        raise SystemExit(f"INT8 model not found: {args.int8_model}; make it with `python -m model_export quantize`")
     result = measure(args)
     r = ratios(result)
-    v = verdicts(r, result["peak_rss_bytes"] / 2**30)
+    v = verdicts(r, result["peak_rss_bytes"] / 2**30, args.clients)
     env = {"machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
            "onnxruntime": onnxruntime.__version__, "date": time.strftime("%Y-%m-%d")}
     args.out.mkdir(parents=True, exist_ok=True)
