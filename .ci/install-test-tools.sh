@@ -4,6 +4,7 @@
 #     executable_path=/usr/bin/chromium; Playwright's own browser download is never used);
 #   - the Python test packages (schemathesis, playwright, ...) in .venv, in case the venv predates them
 #     (they are also in pyproject's `dev` extra, which `make install` installs).
+# Idempotent and cheap when everything is there already (`make test` runs it every time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,4 +21,6 @@ if [ ! -x "$PIP" ]; then
   exit 1
 fi
 # Only the Python driver: never `playwright install` (it downloads a browser build; we use Debian's).
-"$PIP" install --quiet "schemathesis>=4.0" "playwright>=1.45" "hypothesis>=6.100"
+if ! .venv/bin/python -c "import schemathesis, playwright.sync_api, hypothesis" 2>/dev/null; then
+  "$PIP" install --quiet "schemathesis>=4.0" "playwright>=1.45" "hypothesis>=6.100"
+fi
