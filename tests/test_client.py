@@ -29,7 +29,7 @@ from pose_client import (
     UnavailableError,
 )
 
-from tests.helpers import free_port, jpeg_bytes
+from tests.helpers import DETECTIONS, free_port, jpeg_bytes, require_shared
 from tests.live_server import LiveServer
 
 CLIENT = Path(__file__).resolve().parents[1] / "client"
@@ -297,6 +297,9 @@ def test_the_wait_is_jittered_but_never_below_retry_after() -> None:
     assert min(waits) >= 2.0 and max(waits) <= 2.5 and len(set(waits)) > 100
     backoffs = [RetryPolicy(backoff_s=0.1, max_backoff_s=1.0, jitter=0.0).delay(n, None) for n in range(6)]
     assert backoffs == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
+    # a request shed again and again backs off beyond a short Retry-After instead of knocking every second
+    growing = [RetryPolicy(backoff_s=0.2, max_backoff_s=10.0, jitter=0.0).delay(n, 1.0) for n in range(8)]
+    assert growing == pytest.approx([1.0, 1.0, 1.0, 1.6, 3.2, 6.4, 10.0, 10.0])
 
 
 # -- the command line ---------------------------------------------------------------------------------------------
@@ -326,6 +329,23 @@ def test_cli_writes_coco_keypoint_results(server: LiveServer, tmp_path: Path) ->
     assert whole.returncode == 1  # one image failed; the other is still written
     assert "corrupt_image" in whole.stderr and str(broken) in whole.stderr
     assert [r["image_id"] for r in json.loads(out.read_text())] == [42]
+
+
+def test_cli_on_coco_mini_with_detector_boxes_feeds_cocoeval(server: LiveServer, tmp_path: Path) -> None:
+    """The real COCO images and detector boxes: one result per person box, and pycocotools reads the file."""
+    coco = pytest.importorskip("pycocotools.coco", reason="pycocotools is not installed (the export extra)")
+    images = sorted(require_shared("data/coco-mini").glob("*.jpg"))
+    detections = require_shared(f"data/{DETECTIONS}")
+    out = tmp_path / "results.json"
+    run = subprocess.run([sys.executable, "-m", "pose_client", *map(str, images), "--url", server.base_url,
+                          "--boxes", str(detections), "--out", str(out), "--no-progress"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    persons = [d for d in json.loads(detections.read_text()) if d["category_id"] == 1]
+    results = json.loads(out.read_text())
+    assert len(results) == len(persons) and {r["image_id"] for r in results} == {d["image_id"] for d in persons}
+    ground_truth = coco.COCO(str(require_shared("data/coco-mini/test_coco.json")))
+    assert len(ground_truth.loadRes(str(out)).getAnnIds()) == len(persons)
 
 
 # -- what the client depends on -----------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from pose_client.retry import RetryPolicy, RetryState
 
 class PoseClient:
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT_S,
-                 max_concurrency: int = DEFAULT_CONCURRENCY, max_retries: int = 5,
+                 max_concurrency: int = DEFAULT_CONCURRENCY, max_retries: int = 8,
                  retry: RetryPolicy | None = None, transport: httpx.BaseTransport | None = None) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")

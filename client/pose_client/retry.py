@@ -4,10 +4,12 @@ Retried: 429 (shed) and 503 (not ready, draining) answers, and failures to reach
 a connection dropped before the answer). Never a 4xx that is the caller's mistake, nor a 500. A pose call is a
 pure function of its input, so sending it again is safe.
 
-The wait is never shorter than the service's Retry-After; a random extra of up to `jitter` of it spreads many
-clients that were shed together, so they do not all come back in the same millisecond. Without Retry-After the
-wait grows exponentially from `backoff_s`. `budget_s` caps the total time one call spends waiting: a call that
-would have to wait beyond it gives up with the last error instead.
+The wait is never shorter than the service's Retry-After, and grows exponentially from `backoff_s` (capped at
+`max_backoff_s`) when that is longer: a request that keeps being shed (a large one, say, that only fits once
+the service has drained) backs off further instead of knocking every second. A random extra of up to `jitter`
+of the wait spreads many clients that were shed together, so they do not all come back in the same
+millisecond. `budget_s` caps the total time one call spends waiting: a call that would have to wait beyond it
+gives up with the last error instead.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ RETRY_TRANSPORT_ERRORS: tuple[type[httpx.TransportError], ...] = (
 
 @dataclass
 class RetryPolicy:
-    max_retries: int = 5
-    backoff_s: float = 0.2  # first wait without Retry-After; doubles each attempt
+    max_retries: int = 8
+    backoff_s: float = 0.2  # the first retry's least wait; doubles each retry
     max_backoff_s: float = 10.0  # cap of the exponential wait (Retry-After itself is never cut short)
     jitter: float = 0.25  # up to +25 % random extra on every wait
     budget_s: float = 60.0  # total waiting across one call's retries
@@ -35,7 +37,9 @@ class RetryPolicy:
 
     def delay(self, retry: int, retry_after_s: float | None) -> float:
         """Seconds to wait before retry number `retry` (0 for the first retry)."""
-        base = retry_after_s if retry_after_s is not None else min(self.max_backoff_s, self.backoff_s * 2 ** retry)
+        base = min(self.max_backoff_s, self.backoff_s * 2 ** retry)
+        if retry_after_s is not None:
+            base = max(base, retry_after_s)
         return base * (1.0 + self.jitter * self.rng.random())
 
 
