@@ -6,6 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from service.oip.contract import BOX_IMAGE_INDEX, BOXES, IMAGE
+from service.oip.tensors import BYTES, NUMPY_TYPES
+
 
 class ProtocolError(BaseModel):
     error: str = Field(description="'<stable error code>: <message>'; the request ID is in X-Request-ID.")
@@ -73,9 +76,10 @@ INFER_REQUEST_SCHEMA: dict[str, Any] = {
                        "(bool)."},
         "inputs": {"type": "array", "minItems": 1, "items": {
             "type": "object", "required": ["name", "shape", "datatype"],
-            "properties": {"name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer",
-                                                                                             "minimum": 0}},
-                           "datatype": {"type": "string"}, "parameters": _OBJECT, "data": {"type": "array"}}}},
+            "properties": {"name": {"type": "string", "enum": [IMAGE, BOXES, BOX_IMAGE_INDEX]},
+                           "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                           "datatype": {"type": "string", "enum": [BYTES, *NUMPY_TYPES]},
+                           "parameters": _OBJECT, "data": {"type": "array"}}}},
         "outputs": {"type": "array", "items": {
             "type": "object", "required": ["name"],
             "properties": {"name": {"type": "string"}, "parameters": _OBJECT}}},
