@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import re
 import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from fastapi.testclient import TestClient
 from service.backend import ProviderStatus
 from service.errors import PoseError
 from service.main import create_app, load_model
+from service.oip.encoding import inflate
 from service.oip.tensors import (
     InferResponse,
     OutputTensor,
@@ -173,6 +176,18 @@ def test_bad_inputs_are_4xx_through_tritonclient(triton: tritonhttp.InferenceSer
         triton.infer(MODEL, inputs(), parameters=parameters)
     assert refused.value.status() == status
     assert refused.value.message().startswith(f"{code}: "), refused.value.message()
+
+
+@pytest.mark.parametrize("compression", ["gzip", "deflate"])
+def test_compressed_requests(server: LiveServer, compression: str) -> None:
+    client = tritonhttp.InferenceServerClient(server.base_url.removeprefix("http://"), network_timeout=120)
+    try:
+        plain = client.infer(MODEL, [image_input(PHOTO), array_input("boxes", BOXES, "FP32")])
+        packed = client.infer(MODEL, [image_input(PHOTO), array_input("boxes", BOXES, "FP32")],
+                              request_compression_algorithm=compression, response_compression_algorithm=compression)
+    finally:
+        client.close()
+    np.testing.assert_array_equal(packed.as_numpy("keypoints"), plain.as_numpy("keypoints"))
 
 
 def test_bad_image_of_several_is_named(triton: tritonhttp.InferenceServerClient) -> None:
@@ -335,6 +350,20 @@ def test_malformed_requests_are_400(head: bytes, tail: bytes | None, fragment: s
     with pytest.raises(PoseError) as refused:
         parse_infer_request(head + (tail or b""), None if tail is None else len(head))
     assert refused.value.status == 400 and fragment in refused.value.message, refused.value.message
+
+
+def test_inflating_is_bounded() -> None:
+    document = b'{"inputs": []}' + b" " * 10_000
+    assert inflate(gzip.compress(document), "gzip", 20_000) == document
+    assert inflate(zlib.compress(document), "Deflate", 20_000) == document
+    assert inflate(document, None, 20_000) == document
+    for body, encoding, code in ((gzip.compress(document), "gzip", "payload_too_large"),  # 10 kB over a 5 kB limit
+                                 (b"not gzip", "gzip", "invalid_request"),
+                                 (gzip.compress(document)[:-20], "gzip", "invalid_request"),
+                                 (document, "br", "unsupported_media_type")):
+        with pytest.raises(PoseError) as refused:
+            inflate(body, encoding, 5_000)
+        assert refused.value.code == code
 
 
 def test_the_header_length_is_checked() -> None:

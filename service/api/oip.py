@@ -12,6 +12,7 @@ from service.api.deps import ready_service, request_defaults, service_state
 from service.api.pose import cancel_on_disconnect
 from service.errors import PoseError
 from service.oip import contract
+from service.oip.encoding import inflate
 from service.oip.schemas import (
     INFER_REQUEST_SCHEMA,
     InferResponseBody,
@@ -171,7 +172,7 @@ async def version_infer(request: Request, model_name: str, model_version: str,
 
 async def _infer(request: Request, state: ServiceState, model_name: str, defaults: RequestDefaults,
                  poser: PoseService) -> Response:
-    body = await request.body()
+    body = inflate(await request.body(), request.headers.get("content-encoding"), state.settings.max_body_bytes)
     parsed = parse_infer_request(body, header_length(request.headers.get(HEADER_LENGTH), len(body)))
     items = contract.pose_requests(parsed, defaults, state.settings.max_batch_items)
     outcomes = await cancel_on_disconnect(request, poser.estimate_many(items))
