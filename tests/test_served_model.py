@@ -17,7 +17,7 @@ from service.backend import OrtBackend
 from service.coco import FLIP_PAIRS
 from service.main import create_app
 from service.settings import Settings
-from tests.helpers import ROOT, jpeg_bytes, require_shared
+from tests.helpers import ROOT, assert_error, jpeg_bytes, require_shared
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_gpu_provider_that_did_not_load_keeps_the_service_unready(tiny_onnx):
         assert ready.status_code == 503 and "CUDAExecutionProvider" in ready.json()["detail"]
         assert ready.headers["retry-after"]
         refused = client.post("/v1/pose", files={"image": ("a.jpg", jpeg_bytes(), "image/jpeg")})
-        assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_ready"
+        assert_error(refused, 503, "not_ready")
     with TestClient(create_app(Settings(model_path=tiny_onnx, provider="cuda", allow_cpu_fallback=True))) as client:
         assert client.get("/readyz").status_code == 200
         assert client.get("/v1/model").json()["provider_ok"] is False

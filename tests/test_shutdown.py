@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from tests.helpers import jpeg_bytes
+from tests.helpers import assert_error, jpeg_bytes
 from tests.live_server import LiveServer
 
 pytestmark = pytest.mark.integration  # real server processes
@@ -78,8 +78,7 @@ def test_a_signal_turns_unready_finishes_in_flight_requests_then_exits_0(tiny_on
 
                 # during the delay the listener is still open: a new request is refused, politely
                 late = await client.post("/v1/pose", files={"image": ("p.jpg", image, "image/jpeg")})
-                assert late.status_code == 503, late.text
-                assert late.json()["error"]["code"] == "shutting_down"
+                assert_error(late, 503, "shutting_down")
                 assert int(late.headers["retry-after"]) >= 1
 
                 responses = await asyncio.gather(*tasks, return_exceptions=True)
