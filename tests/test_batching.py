@@ -68,6 +68,18 @@ async def enqueued() -> None:
     await asyncio.sleep(0)
 
 
+async def stuck_worker(batcher: MicroBatcher, backend: FakeBackend, value: float) -> asyncio.Task:
+    """Submit one crop and return once the worker is inside its batch, held at the backend's closed gate."""
+    blocker = asyncio.create_task(batcher.submit(crops(value), far_deadline()))
+    assert await backend.wait_entered(), f"the worker never started crop {value}"
+    return blocker
+
+
+async def drained(batcher: MicroBatcher) -> None:
+    """Close the batcher: returns once the worker has finished or dropped every queued crop and exited."""
+    await asyncio.to_thread(batcher.close, 5)
+
+
 @pytest.fixture
 def make_batcher():
     created = []
@@ -189,15 +201,14 @@ def test_expired_work_is_dropped_before_compute(make_batcher):
     batcher = make_batcher(backend.infer, max_batch_size=1, max_wait_s=0.0)
 
     async def main():
-        blocker = asyncio.create_task(batcher.submit(crops(1.0), far_deadline()))
-        assert await backend.wait_entered(), "the worker never started crop 1.0"  # it is stuck there now
+        blocker = await stuck_worker(batcher, backend, 1.0)
         late = asyncio.create_task(batcher.submit(crops(7.0), time.monotonic() + 0.1))
         with pytest.raises(PoseError) as error:
             await late  # its deadline passes while it is queued behind the stuck batch
         assert batcher.queued_crops == 1, "the expired crop is still queued, not computed"
         backend.gate.set()
         await blocker
-        await asyncio.to_thread(batcher.close, 5)  # the worker drains the queue and exits
+        await drained(batcher)
         return error.value
 
     error = run(main())
@@ -211,8 +222,7 @@ def test_cancelled_requests_are_not_computed(make_batcher):
     batcher = make_batcher(backend.infer, max_batch_size=1, max_wait_s=0.0)
 
     async def main():
-        blocker = asyncio.create_task(batcher.submit(crops(1.0), far_deadline()))
-        assert await backend.wait_entered(), "the worker never started crop 1.0"
+        blocker = await stuck_worker(batcher, backend, 1.0)
         gone = asyncio.create_task(batcher.submit(crops(9.0), far_deadline()))
         await enqueued()
         assert batcher.queued_crops == 1
@@ -221,7 +231,7 @@ def test_cancelled_requests_are_not_computed(make_batcher):
             await gone
         backend.gate.set()
         await blocker
-        await asyncio.to_thread(batcher.close, 5)  # the worker drains the queue and exits
+        await drained(batcher)
 
     run(main())
     assert backend.computed == {1.0}  # 9.0 was dropped uncomputed
@@ -233,8 +243,7 @@ def test_one_bad_item_fails_only_its_own_request(make_batcher):
     batcher = make_batcher(backend.infer, max_batch_size=8, max_wait_s=0.0)
 
     async def main():
-        first = asyncio.create_task(batcher.submit(crops(0.0), far_deadline()))
-        assert await backend.wait_entered(), "the worker never started the first batch"
+        first = await stuck_worker(batcher, backend, 0.0)
         # these three queue up behind the blocked batch and will share the next one
         good1 = asyncio.create_task(batcher.submit(crops(1.0), far_deadline()))
         bad = asyncio.create_task(batcher.submit(crops(float("nan")), far_deadline()))
@@ -260,7 +269,7 @@ def test_close_finishes_admitted_work_then_refuses(make_batcher):
         tasks = [asyncio.create_task(batcher.submit(crops(float(i)), far_deadline())) for i in range(6)]
         await enqueued()
         assert batcher.inflight_crops == 6  # all admitted before close
-        await asyncio.to_thread(batcher.close, 5)
+        await drained(batcher)
         results = await asyncio.gather(*tasks)
         with pytest.raises(PoseError) as refused:
             await batcher.submit(crops(1.0), far_deadline())
