@@ -153,6 +153,14 @@ def test_agreement_is_measured_and_a_broken_scale_scores_worse(quantized, fp32_m
     assert bad.heatmap_sqnr_db < good.heatmap_sqnr_db - 6
 
 
+def test_float_ends_can_be_quantized_for_comparison(fp32_model, photos, tmp_path):
+    result = quantize_model(settings_for(fp32_model, tmp_path / "all.onnx", photos, float_ends=False,
+                                         sensitivity=False))
+    model = onnx.load(str(result.output))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert all(conv_weight_is_int8(model, n) for n in convs) and result.float_layers == {}
+
+
 def test_low_agreement_is_refused_and_nothing_is_written(fp32_model, photos, tmp_path, capsys):
     output = tmp_path / "refused.onnx"
     with pytest.raises(AgreementTooLow, match="SQNR"):

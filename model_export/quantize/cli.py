@@ -58,6 +58,9 @@ def add_quantize_parser(subparsers: Any) -> None:
     quant.add_argument("--percentile", type=float, default=99.999, help="for --method percentile (default 99.999)")
     quant.add_argument("--exclude", action="append", default=[], metavar="NODE",
                        help="keep this node in float as well (repeatable; node names are in the layer report)")
+    quant.add_argument("--float-ends", action=argparse.BooleanOptionalAction, default=True,
+                       help="keep the first and the heatmap convolutions in float (default on; --no-float-ends "
+                            "quantizes them too, to measure what they buy)")
     quant.add_argument("--sensitivity", action=argparse.BooleanOptionalAction, default=True,
                        help="try the noisiest layers in float and keep those that help (default on)")
     quant.add_argument("--sensitive-below-db", type=float, default=30.0, metavar="DB",
@@ -86,8 +89,8 @@ def run_quantize_command(args: argparse.Namespace) -> int:
         model=args.model, output=args.output, annotations=args.calibration_annotations,
         images=args.calibration_images, max_crops=args.max_crops, held_out_fraction=args.held_out_fraction,
         max_held_out_crops=args.max_held_out_crops, method=args.method, percentile=args.percentile,
-        exclude=tuple(args.exclude), sensitivity=args.sensitivity, sensitive_below_db=args.sensitive_below_db,
-        max_sensitive=args.max_sensitive,
+        exclude=tuple(args.exclude), float_ends=args.float_ends, sensitivity=args.sensitivity,
+        sensitive_below_db=args.sensitive_below_db, max_sensitive=args.max_sensitive,
         per_channel=args.per_channel, reduce_range=args.reduce_range, min_heatmap_sqnr_db=args.min_heatmap_sqnr,
         accept_low_agreement=args.accept_low_agreement, batch_size=args.batch_size, seed=args.seed)
     try:

@@ -66,6 +66,7 @@ class QuantizeSettings:
     method: str = "percentile"
     percentile: float = 99.999
     exclude: tuple[str, ...] = ()
+    float_ends: bool = True  # first and heatmap convolutions in float (False: for measuring what that buys)
     sensitivity: bool = True
     sensitive_below_db: float = 30.0  # a layer adding more noise than this SQNR allows is tried in float
     max_sensitive: int = 4
@@ -145,8 +146,10 @@ def quantize_model(settings: QuantizeSettings) -> QuantizeResult:
             raise ValueError(f"--exclude names no node of the model: {', '.join(sorted(unknown))} (the layer "
                              "report lists the node names)")
         fixed = find_float_layers(graph)
-        float_layers = {fixed.first_conv: "first convolution (raw normalised pixels, 3 input channels)",
-                        fixed.heatmap_conv: "final heatmap convolution (its output is the answer)"}
+        float_layers: dict[str, str] = {}
+        if settings.float_ends:
+            float_layers = {fixed.first_conv: "first convolution (raw normalised pixels, 3 input channels)",
+                            fixed.heatmap_conv: "final heatmap convolution (its output is the answer)"}
         float_layers |= {name: "asked for (--exclude)" for name in settings.exclude}
         input_name = parent.session.get_inputs()[0].name
         job = _Job(settings, prepared, CropReader(input_name, batches(calibration.inputs, batch_size)),
