@@ -37,7 +37,7 @@ def best_batch_size(backend: OrtBackend, budget_s: float, batch_sizes=(1, 2, 4, 
     """The ceiling's batch size: the fastest of a short sweep (crops/s by batch size)."""
     sizes = [s for s in batch_sizes if s <= backend.max_batch_size]
     sweep = {size: round(model_only(backend, size, budget_s / len(sizes)).crops_per_s, 2) for size in sizes}
-    return max(sweep, key=sweep.get), sweep
+    return max(sweep, key=lambda size: sweep[size]), sweep
 
 
 def per_crop_pipeline(name: str, photos: list[Photo], card: ModelCard, infer_one: Callable[[np.ndarray], np.ndarray],

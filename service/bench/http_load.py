@@ -38,7 +38,8 @@ def running_service(model: Path, env: dict[str, str] | None = None, ready_timeou
         deadline = time.monotonic() + ready_timeout_s
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"service exited: {process.stderr.read().decode()[-2000:]}")
+                stderr = process.stderr.read() if process.stderr else b""
+                raise RuntimeError(f"service exited: {stderr.decode()[-2000:]}")
             try:
                 if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                     break
@@ -75,15 +76,16 @@ class RawHttpClient:
         self.writer: asyncio.StreamWriter | None = None
 
     async def request(self, raw: bytes) -> int:
-        if self.writer is None:
+        if self.reader is None or self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        self.writer.write(raw)
-        status_line = await self.reader.readline()
+        reader, writer = self.reader, self.writer
+        writer.write(raw)
+        status_line = await reader.readline()
         length = 0
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+        while (line := await reader.readline()) not in (b"\r\n", b""):
             if line[:15].lower() == b"content-length:":
                 length = int(line[15:])
-        await self.reader.readexactly(length)
+        await reader.readexactly(length)
         return int(status_line.split()[1])
 
     async def close(self) -> None:
@@ -116,7 +118,7 @@ async def _load(url: str, name: str, photos: list[Photo], clients: int, seconds:
     parsed = urlsplit(url)
     requests = [(encode_request(parsed.netloc, photo), len(photo.boxes)) for photo in photos]
     phase = Phase(name, 0, 0, 0.0, [])
-    pool = [RawHttpClient(parsed.hostname, parsed.port) for _ in range(clients)]
+    pool = [RawHttpClient(parsed.hostname or "127.0.0.1", parsed.port or 80) for _ in range(clients)]
     try:
         for client, request in zip(pool, cycle(requests)):  # open and warm every connection
             if await client.request(request[0]) != 200:

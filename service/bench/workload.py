@@ -19,7 +19,8 @@ class Photo:
 def load_photos(people_dir: Path = DEFAULT_PEOPLE_DIR, max_boxes: int = 20) -> tuple[list[Photo], list[Photo]]:
     """(single-person photos, multi-person photos); crowds are capped at `max_boxes` boxes."""
     index = json.loads((people_dir / "boxes.json").read_text())
-    single, multi = [], []
+    single: list[Photo] = []
+    multi: list[Photo] = []
     for entry in index["images"]:
         boxes = [[round(v, 2) for v in b] for b in entry["person_boxes_xywh"]][:max_boxes]
         photo = Photo(entry["file"], (people_dir / entry["file"]).read_bytes(), boxes)
