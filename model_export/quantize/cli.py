@@ -29,7 +29,7 @@ and OUT{REPORT_SUFFIX} (each layer's SQNR against float32 on the held-out crops)
 EPILOG = """\
 Examples:
   python -m model_export quantize --model models/hrnet_w32_256x192.onnx --output models/hrnet_w32_256x192.int8.onnx \\
-      --calibration-annotations coco/annotations/person_keypoints_val2017.json --calibration-images coco/val2017
+      --calibration-annotations coco/annotations/person_keypoints_train2017.json --calibration-images coco/train2017
   # the shared photos (a boxes.json index works as well as COCO annotations)
   python -m model_export quantize --model models/m.onnx --output models/m.int8.onnx \\
       --calibration-annotations ../shared/data/people/boxes.json --calibration-images ../shared/data/people
