@@ -9,6 +9,9 @@ conv on the stride-4 branch that produces one heatmap per joint.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -94,6 +97,12 @@ def make_blocks(block: type[BasicBlock] | type[Bottleneck], in_channels: int, pl
     return nn.Sequential(*layers)
 
 
+def modules_with_gaps(modules: Iterable[nn.Module | None]) -> nn.ModuleList:
+    """A ModuleList whose None entries are pass-throughs: the official layout (and so the checkpoints' keys)
+    has such gaps. torch accepts None there at run time; its type hints do not say so."""
+    return nn.ModuleList(cast("list[nn.Module]", list(modules)))
+
+
 def fuse_path(in_channels: list[int], source: int, target: int) -> nn.Module | None:
     """How branch `source` reaches the resolution and width of branch `target` (None: identity).
 
@@ -144,18 +153,18 @@ class HighResolutionModule(nn.Module):
             return None
         targets = self.num_branches if multi_scale_output else 1
         return nn.ModuleList(
-            nn.ModuleList(fuse_path(self.out_channels, source, target) for source in range(self.num_branches))
+            modules_with_gaps(fuse_path(self.out_channels, source, target) for source in range(self.num_branches))
             for target in range(targets)
         )
 
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        xs = [branch(x) for branch, x in zip(self.branches, xs)]
+        xs = [branch(x) for branch, x in zip(self.branches, xs, strict=True)]
         if self.fuse_layers is None:
             return xs
         fused = []
         for paths in self.fuse_layers:
             total = None
-            for path, x in zip(paths, xs):
+            for path, x in zip(cast(nn.ModuleList, paths), xs, strict=True):
                 y = x if path is None else path(x)
                 total = y if total is None else total + y
             fused.append(self.relu(total))
@@ -185,7 +194,7 @@ def make_transition(previous: list[int], current: list[int]) -> nn.ModuleList:
             steps.append(nn.Sequential(conv3x3(width_in, width_out, stride=2), batch_norm(width_out),
                                        nn.ReLU(inplace=True)))
         layers.append(nn.Sequential(*steps))
-    return nn.ModuleList(layers)
+    return modules_with_gaps(layers)
 
 
 def make_stage(stage: StageConfig, in_channels: list[int],
@@ -212,6 +221,14 @@ def apply_transition(transition: nn.ModuleList, xs: list[torch.Tensor]) -> list[
 
 class HRNet(nn.Module):
     """Input (N, 3, H, W) normalised RGB -> heatmaps (N, num_joints, H/4, W/4)."""
+
+    # registered by name in __init__ (the official attribute names, hence the checkpoints' keys)
+    transition1: nn.ModuleList
+    transition2: nn.ModuleList
+    transition3: nn.ModuleList
+    stage2: nn.Sequential
+    stage3: nn.Sequential
+    stage4: nn.Sequential
 
     def __init__(self, config: HRNetConfig):
         super().__init__()

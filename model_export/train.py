@@ -34,8 +34,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from model_export.checkpoint import CheckpointError, normalise_keys, read_checkpoint_file, unwrap_state_dict
 from model_export.configs import HRNetConfig, config_from_dict, get_config
-from model_export.data.dataset import (OFFICIAL_JOINT_WEIGHTS, Augmentation, CocoKeypointDataset,
-                                       load_person_records)
+from model_export.data.dataset import OFFICIAL_JOINT_WEIGHTS, Augmentation, CocoKeypointDataset, load_person_records
 from model_export.hrnet import HRNet, build_hrnet
 from model_export.loss import JointsMSELoss
 
@@ -161,7 +160,7 @@ def build_train_set(settings: TrainSettings, config: HRNetConfig) -> tuple[CocoK
         raise ValueError("give one --images folder per --annotations file (and at least one of each)")
     aspect = config.input_size[1] / config.input_size[0]
     records, described = [], []
-    for annotation_file, image_dir in zip(settings.annotations, settings.images):
+    for annotation_file, image_dir in zip(settings.annotations, settings.images, strict=True):
         own = load_person_records(annotation_file, image_dir, aspect, config.num_joints)
         records.extend(own)
         described.append({"annotations": dataset_label(annotation_file), "persons": len(own),
@@ -231,13 +230,15 @@ def validate(model: HRNet, config: HRNetConfig, settings: TrainSettings, device:
             maps = model(torch.from_numpy(batch).to(device))
         return maps.float().cpu().numpy()
 
+    annotations, images = settings.val_annotations, settings.val_images
+    if annotations is None or images is None:
+        raise ValueError("validation needs --val-annotations and --val-images")
     was_training = model.training
     model.eval()
     try:
         card = card_for_config(config)
         runner = LocalRunner(card, infer, max_batch=max(settings.batch_size, 8))
-        result = evaluate(settings.val_annotations, settings.val_images, runner, card, settings.val_detections,
-                          flip=settings.val_flip)
+        result = evaluate(annotations, images, runner, card, settings.val_detections, flip=settings.val_flip)
     finally:
         model.train(was_training)
     return result.stats
@@ -345,11 +346,13 @@ def start_run(settings: TrainSettings) -> Run:
 
 def run_epoch(run: Run, loss_fn: nn.Module, steps_per_epoch: int, losses: list[float]) -> dict[str, Any]:
     """Train the rest of the current epoch (or until --max-steps); returns its metrics row."""
-    settings, progress, device = run.settings, run.progress, run.device
-    run.dataset.set_epoch(progress.epoch)
-    sampler = EpochSampler(len(run.dataset), settings.seed, progress.epoch,
+    settings, progress, device, dataset = run.settings, run.progress, run.device, run.dataset
+    if dataset is None:
+        raise RuntimeError("run_epoch before the training set was built")
+    dataset.set_epoch(progress.epoch)
+    sampler = EpochSampler(len(dataset), settings.seed, progress.epoch,
                            start=progress.epoch_step * settings.batch_size)
-    loader = DataLoader(run.dataset, batch_size=settings.batch_size, sampler=sampler, num_workers=settings.workers,
+    loader = DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler, num_workers=settings.workers,
                         pin_memory=device.type == "cuda", drop_last=False)
     run.model.train()
     started, images, loss_sum, loss_count = time.perf_counter(), 0, 0.0, 0
@@ -432,7 +435,7 @@ def _maybe_validate(run: Run, row: dict) -> bool:
     if epochs_done % max(settings.val_every, 1) and epochs_done != settings.epochs:
         return False
     stats = validate(run.model, run.config, settings, run.device, run.amp)
-    row.update(zip(STAT_COLUMNS, stats.values()))
+    row.update(zip(STAT_COLUMNS, stats.values(), strict=True))
     if run.progress.best_ap is None or stats["AP"] > run.progress.best_ap:
         run.progress.best_ap = stats["AP"]
         return True

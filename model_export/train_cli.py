@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
 from model_export.checkpoint import CheckpointError
 from model_export.configs import ARCHS
-from model_export.train import (BEST_NAME, CHECKPOINT_NAME, DEFAULT_ARCH, METRICS_NAME, TrainSettings, train)
+from model_export.train import BEST_NAME, CHECKPOINT_NAME, DEFAULT_ARCH, METRICS_NAME, TrainSettings, train
 
 # ---- command line (`python -m model_export train ...`) -------------------------------------------------------
 

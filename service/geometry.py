@@ -161,7 +161,7 @@ def _normalisation_tables(mean: Sequence[float], std: Sequence[float], value_sca
 def _tables(mean: tuple[float, ...], std: tuple[float, ...], value_scale: float) -> np.ndarray:
     """(3, 256) float32: the normalised value of each uint8 level per RGB channel (read-only)."""
     values = np.arange(256, dtype=np.float32) / np.float32(value_scale)
-    table = (values[None, :] - np.float32(mean)[:, None]) / np.float32(std)[:, None]
+    table = (values[None, :] - np.asarray(mean, np.float32)[:, None]) / np.asarray(std, np.float32)[:, None]
     table.flags.writeable = False
     return table
 
@@ -170,7 +170,8 @@ def affine_matrices(
     centers: np.ndarray, scales: np.ndarray, output_size_wh: Sequence[float], inverse: bool = False
 ) -> np.ndarray:
     """(N, 2, 3) float64: get_affine_transform for each person (cv2 per person: exact, ~10 us each)."""
-    matrices = [get_affine_transform(c, s, output_size_wh, inverse=inverse) for c, s in zip(centers, scales)]
+    matrices = [get_affine_transform(c, s, output_size_wh, inverse=inverse)
+                for c, s in zip(centers, scales, strict=True)]
     return np.stack(matrices) if matrices else np.zeros((0, 2, 3))
 
 

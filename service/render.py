@@ -16,7 +16,7 @@ def draw_poses(image_rgb: np.ndarray, persons, skeleton, threshold: float = KEYP
     canvas = np.ascontiguousarray(image_rgb).copy()
     thickness = max(1, round(max(canvas.shape[:2]) / 400))
     for person in persons:
-        x, y, w, h = (int(round(v)) for v in person.box)
+        x, y, w, h = (round(v) for v in person.box)
         cv2.rectangle(canvas, (x, y), (x + w, y + h), BOX_COLOR, thickness)
         points = person.keypoints
         for a, b in skeleton:
@@ -29,4 +29,4 @@ def draw_poses(image_rgb: np.ndarray, persons, skeleton, threshold: float = KEYP
 
 
 def _pt(point: np.ndarray) -> tuple[int, int]:
-    return int(round(float(point[0]))), int(round(float(point[1])))
+    return round(float(point[0])), round(float(point[1]))

@@ -125,7 +125,7 @@ def load_person_records(
                 image_path=Path(image_dir) / image["file_name"],
                 image_id=int(image_id),
                 annotation_id=int(ann["id"]),
-                box=tuple(box),
+                box=(box[0], box[1], box[2], box[3]),
                 center=centers[0],
                 scale=scales[0],
                 joints=keypoints[:, :2].copy(),
@@ -184,8 +184,10 @@ def half_body_center_scale(
     lower = np.flatnonzero(labelled & ~in_upper)
     if rng.standard_normal() < 0.5 and len(upper) > 2:
         selected = upper
+    elif len(lower) > 2:
+        selected = lower
     else:
-        selected = lower if len(lower) > 2 else upper
+        selected = upper
     if len(selected) < 2:
         return None
     points = np.asarray(joints, dtype=np.float32)[selected]
