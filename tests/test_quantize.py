@@ -161,6 +161,22 @@ def test_float_ends_can_be_quantized_for_comparison(fp32_model, photos, tmp_path
     assert all(conv_weight_is_int8(model, n) for n in convs) and result.float_layers == {}
 
 
+def test_the_sensitivity_check_keeps_a_flagged_layer_in_float_only_when_it_helps(fp32_model, photos, tmp_path):
+    # Threshold 100 dB flags every int8 layer; a gain of -100 dB is always "enough", +100 dB never.
+    kept = quantize_model(settings_for(fp32_model, tmp_path / "kept.onnx", photos, sensitive_below_db=100.0,
+                                       max_sensitive=2, min_gain_db=-100.0))
+    added = {name: why for name, why in kept.float_layers.items() if why.startswith("sensitivity check")}
+    assert len(added) == 2 and not kept.rejected_candidates
+    model = onnx.load(str(kept.output))
+    for node in model.graph.node:
+        if node.name in added and node.op_type == "Conv":
+            assert not conv_weight_is_int8(model, node)
+    assert set(added) <= set(kept.card.quantization.float_layers)  # type: ignore[union-attr]
+    refused = quantize_model(settings_for(fp32_model, tmp_path / "refused.onnx", photos, sensitive_below_db=100.0,
+                                          max_sensitive=2, min_gain_db=100.0))
+    assert len(refused.rejected_candidates) == 2 and len(refused.float_layers) == 2
+
+
 def test_low_agreement_is_refused_and_nothing_is_written(fp32_model, photos, tmp_path, capsys):
     output = tmp_path / "refused.onnx"
     with pytest.raises(AgreementTooLow, match="SQNR"):
@@ -169,6 +185,7 @@ def test_low_agreement_is_refused_and_nothing_is_written(fp32_model, photos, tmp
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".quantize-")]  # no leftovers
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's TorchScript exporter, as export.py uses it
 def test_fixed_batch_model_without_a_card(photos, tmp_path):
     """A bare ONNX file with batch fixed at 2, as some exporters write them."""
     model = build_hrnet(small_config(), seed=0).eval()
@@ -185,6 +202,7 @@ def test_fixed_batch_model_without_a_card(photos, tmp_path):
     assert ModelCard.read(card_path_for(result.output)).precision == "int8"
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_an_old_opset_is_upgraded_and_checked(photos, tmp_path):
     model = build_hrnet(small_config(), seed=0).eval()
     path = tmp_path / "opset11.onnx"
