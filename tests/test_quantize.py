@@ -226,9 +226,11 @@ def test_a_model_too_old_to_upgrade_is_refused_clearly(fp32_model, photos, tmp_p
     assert code == 2 and "opset 6" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
 
 
-def test_an_already_quantized_or_fp16_model_is_refused(quantized, tmp_path):
+def test_an_already_quantized_model_or_overwriting_the_parent_is_refused(quantized, fp32_model, photos, tmp_path):
     with pytest.raises(ModelNotQuantizable, match="already quantized"):
         upgrade_opset(quantized.output, tmp_path)
+    with pytest.raises(ValueError, match=r"new \.onnx path"):
+        quantize_model(settings_for(fp32_model, fp32_model, photos))
 
 
 def test_the_service_serves_the_int8_model_and_says_so(quantized, fp32_model):

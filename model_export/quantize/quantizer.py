@@ -131,6 +131,8 @@ def _quiet() -> Iterator[None]:
 def quantize_model(settings: QuantizeSettings) -> QuantizeResult:
     if settings.method not in METHODS:
         raise ValueError(f"unknown calibration method {settings.method!r}; one of {', '.join(METHODS)}")
+    if settings.output.suffix != ".onnx" or settings.output.resolve() == settings.model.resolve():
+        raise ValueError(f"--output must be a new .onnx path beside its card, not {settings.output}")
     settings.output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".quantize-", dir=settings.output.parent) as tmp:
         work = Path(tmp)
