@@ -574,6 +574,7 @@ def test_deploy_doc_explains_every_panel_and_the_adapter_rule() -> None:
             assert rule["alert"] in doc, rule["alert"]
 
 
-def test_install_script_is_valid_bash() -> None:
-    result = run(["bash", "-n", str(ROOT / ".ci" / "install-deploy-tools.sh")])
+@pytest.mark.parametrize("script", ["install-deploy-tools.sh", "install-test-tools.sh", "run"])
+def test_ci_scripts_are_valid_bash(script: str) -> None:
+    result = run(["bash", "-n", str(ROOT / ".ci" / script)])
     assert result.returncode == 0, result.stderr
