@@ -6,6 +6,8 @@
 (d) ONNX Runtime, one request and one crop at a time, no batching
 (e) with --int8-model: the INT8 model's ceiling and a second service on it, N clients single- and multi-person,
     in the same rounds, as ratios to the fp32 service
+(f) with --detector: a service with that person detector, 1 and N clients sending multi-person photos without
+    boxes (the detect stage, then every person found), in the same rounds
 Writes bench.json and bench.md to --out and prints the table.
 """
 
@@ -23,13 +25,14 @@ import onnxruntime
 
 from service.backend import OrtBackend
 from service.bench import baselines
+from service.bench.detect_phase import BarePhotoPhase, describe, detector_env
 from service.bench.http_load import http_load, peak_rss_bytes, running_service, stage_means_ms, stage_totals
 from service.bench.int8 import describe_int8, int8_ratios, int8_verdicts
 from service.bench.stats import Phase
 from service.bench.workload import DEFAULT_PEOPLE_DIR, load_photos
 from service.modelcard import read_card
 
-STAGE_ORDER = ("decode", "preprocess", "queue", "inference", "postprocess")
+STAGE_ORDER = ("decode", "detect", "preprocess", "queue", "inference", "postprocess")
 TARGETS = {  # issue 4, 2-core CPU, W32 256x192
     "service_over_ceiling": 0.95,
     "service_over_torch_eager": 1.7,
@@ -51,6 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--skip-torch", action="store_true", help="skip the PyTorch eager baseline")
     parser.add_argument("--int8-model", type=Path, default=None, metavar="PATH",
                         help="also measure this INT8 model (python -m model_export quantize) against --model")
+    parser.add_argument("--detector", type=Path, default=None, metavar="PATH",
+                        help="also measure bare photos (no boxes) on a service with this person detector ONNX")
+    parser.add_argument("--detector-score-threshold", type=float, default=None,
+                        help="the bare-photo service's POSE_DETECTOR_SCORE_THRESHOLD (default: the detector card's)")
     return parser.parse_args(argv)
 
 
@@ -92,6 +99,11 @@ def measure(args) -> dict:
     with ExitStack() as services:
         url, pid = services.enter_context(running_service(args.model, env))
         int8_url = services.enter_context(running_service(args.int8_model, env))[0] if int8 else None
+        bare = None
+        if args.detector is not None:
+            detect_url = services.enter_context(running_service(
+                args.model, env | detector_env(args.detector, args.detector_score_threshold)))[0]
+            bare = BarePhotoPhase(detect_url, multi, n, t)
         for _ in range(args.rounds):
             run("ceiling", baselines.model_only(backend, best, t))
             run("model_batch1", baselines.model_only(backend, 1, t))
@@ -111,14 +123,23 @@ def measure(args) -> dict:
                 run("int8_ceiling", baselines.model_only(int8[0], int8[1], t))
                 run_service("int8_service_single", f"(e) INT8 service, {n} clients, single-person", single, n, int8_url)
                 run_service("int8_service_multi", f"(e) INT8 service, {n} clients, multi-person", multi, n, int8_url)
+            if bare is not None:
+                bare.run_round()
         rss = peak_rss_bytes(pid)
     stages = {key: stage_means_ms({}, {s: tuple(v) for s, v in sums.items()}) for key, sums in stage_sums.items()}
+    if bare is not None:
+        phases |= bare.finished_phases()
+        stages |= bare.stages_ms()
     phases["ceiling"].name = f"(a) ceiling: raw ORT, best batch size ({best})"
     phases["model_batch1"].name = "raw ORT, batch 1 (single-crop model latency)"
     result = {"phases": phases, "sweep": sweep, "stages_ms": stages, "peak_rss_bytes": rss, "card": card}
     if int8:
         phases["int8_ceiling"].name = f"(e) INT8 ceiling: raw ORT, best batch size ({int8[1]})"
         result |= {"int8_sweep": int8[2], "int8_card": int8[3]}
+    if bare is not None:
+        summary = bare.summary()
+        result |= {"bare_photo": describe(summary, args.detector, args.detector_score_threshold),
+                   "bare_photo_persons": summary}
     return result
 
 
@@ -164,6 +185,8 @@ def markdown(result: dict, r: dict[str, float], v: dict[str, bool], env: dict) -
     if "int8_card" in result:
         lines += ["", describe_int8(result["int8_card"]), "",
                   f"INT8 ceiling sweep (crops/s by batch size): {result['int8_sweep']}"]
+    if "bare_photo" in result:
+        lines += ["", result["bare_photo"]]
     lines += ["", f"Ceiling sweep (crops/s by batch size): {result['sweep']}", "",
               "Where a service request's time goes (mean ms per request, by stage):", "",
               "| phase | " + " | ".join(STAGE_ORDER) + " |", "|---|" + "---:|" * len(STAGE_ORDER)]
@@ -184,6 +207,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"model not found: {args.model}; run `make model` first")
     if args.int8_model is not None and not args.int8_model.is_file():
         raise SystemExit(f"INT8 model not found: {args.int8_model}; make it with `python -m model_export quantize`")
+    if args.detector is not None and not args.detector.is_file():
+        raise SystemExit(f"detector not found: {args.detector}")
     result = measure(args)
     r = ratios(result)
     v = verdicts(r, result["peak_rss_bytes"] / 2**30, args.clients)
@@ -196,6 +221,7 @@ def main(argv=None) -> int:
         "env": env, "model": result["card"].name, "trained": result["card"].trained,
         "phases": {k: p.summary() for k, p in result["phases"].items()}, "ceiling_sweep": result["sweep"],
         "stages_ms": result["stages_ms"], "peak_rss_bytes": result["peak_rss_bytes"], "ratios": r, "targets": v,
+        "bare_photo_persons": result.get("bare_photo_persons"),
     }, indent=2))
     print(table)
     return 0

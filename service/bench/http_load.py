@@ -93,8 +93,9 @@ class RawHttpClient:
             self.writer.close()
 
 
-def encode_request(host: str, photo: Photo) -> bytes:
-    target = "/v1/pose?" + urlencode({"boxes": json.dumps(photo.boxes)})
+def encode_request(host: str, photo: Photo, with_boxes: bool = True) -> bytes:
+    """The photo as a POST; without its boxes it is a bare photo, for the service's person detector to read."""
+    target = "/v1/pose?" + urlencode({"boxes": json.dumps(photo.boxes)}) if with_boxes else "/v1/pose"
     head = (f"POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
             f"Content-Length: {len(photo.data)}\r\n\r\n")
     return head.encode() + photo.data
@@ -114,9 +115,11 @@ async def _client(client: RawHttpClient, requests: list[tuple[bytes, int]], stop
         phase.crops += crops
 
 
-async def _load(url: str, name: str, photos: list[Photo], clients: int, seconds: float) -> Phase:
+async def _load(url: str, name: str, photos: list[Photo], clients: int, seconds: float, with_boxes: bool) -> Phase:
     parsed = urlsplit(url)
-    requests = [(encode_request(parsed.netloc, photo), len(photo.boxes)) for photo in photos]
+    # a bare photo's crops are whatever the detector finds: the caller counts them from /metrics
+    requests = [(encode_request(parsed.netloc, photo, with_boxes), len(photo.boxes) if with_boxes else 0)
+                for photo in photos]
     phase = Phase(name, 0, 0, 0.0, [])
     pool = [RawHttpClient(parsed.hostname or "127.0.0.1", parsed.port or 80) for _ in range(clients)]
     try:
@@ -134,8 +137,9 @@ async def _load(url: str, name: str, photos: list[Photo], clients: int, seconds:
     return phase
 
 
-def http_load(url: str, name: str, photos: list[Photo], clients: int, seconds: float) -> Phase:
-    return asyncio.run(_load(url, name, photos, clients, seconds))
+def http_load(url: str, name: str, photos: list[Photo], clients: int, seconds: float,
+              with_boxes: bool = True) -> Phase:
+    return asyncio.run(_load(url, name, photos, clients, seconds, with_boxes))
 
 
 def stage_totals(url: str) -> dict[str, tuple[float, float]]:
