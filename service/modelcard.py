@@ -146,6 +146,28 @@ class ModelShapes(Protocol):
     num_keypoints: int
 
 
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+QOPERATOR_OPS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"})
+
+
+def quantization_in_graph(onnx_path: Path) -> QuantizationInfo | None:
+    """For a bare ONNX file: a quantization record saying only what its graph shows, when it holds quantized
+    operators, so that an INT8 model without its card is not reported as fp32. None for a float graph, or when
+    `onnx` (not in the `serve` extra; ONNX Runtime does not expose the graph) is not installed."""
+    try:
+        import onnx
+    except ImportError:
+        log.warning("onnx is not installed: cannot tell whether %s (no card) is quantized; reporting fp32", onnx_path)
+        return None
+    ops = {node.op_type for node in onnx.load(str(onnx_path), load_external_data=False).graph.node}
+    if not ops & (QDQ_OPS | QOPERATOR_OPS):
+        return None
+    log.warning("%s has no card but quantized operators: reporting it as int8, its calibration unknown", onnx_path)
+    return QuantizationInfo(format="QDQ" if ops & QDQ_OPS else "QOperator",
+                            method="unknown (no card; quantized operators found in the graph)",
+                            parent_onnx="unknown", parent_sha256="unknown", parent_card_found=False)
+
+
 def read_card(onnx_path: Path, model: ModelShapes) -> tuple[ModelCard, bool]:
     """The card beside the ONNX file, with sizes as the model itself reports them; official defaults if absent.
 
@@ -155,7 +177,9 @@ def read_card(onnx_path: Path, model: ModelShapes) -> tuple[ModelCard, bool]:
     if not card_path.is_file():
         log.warning("no model card at %s: serving %s with the official HRNet defaults (RGB, ImageNet mean/std, "
                     "COCO-17 order)", card_path, onnx_path)
-        return ModelCard.official_defaults(onnx_path.stem, model.input_hw, model.heatmap_hw), False
+        card = ModelCard.official_defaults(onnx_path.stem, model.input_hw, model.heatmap_hw)
+        card.quantization = quantization_in_graph(onnx_path)
+        return card, False
     try:
         card = ModelCard.read(card_path)
     except ValueError as exc:

@@ -278,6 +278,23 @@ def test_committed_test_model_card_matches_its_files():
     assert read_card(int8, backend)[0].precision == "int8"
 
 
+def test_a_bare_int8_model_without_its_card_is_served_as_int8(tmp_path):
+    int8 = TRAINED.with_name(TRAINED.stem + ".int8.onnx")
+    if not int8.is_file():
+        pytest.skip(f"{int8} is not in this checkout")
+    bare_int8, bare_fp32 = tmp_path / "int8" / int8.name, tmp_path / "fp32" / TRAINED.name
+    for source, copy in ((int8, bare_int8), (TRAINED, bare_fp32)):  # the .onnx alone, no card beside it
+        copy.parent.mkdir()
+        copy.write_bytes(source.read_bytes())
+    card, found = read_card(bare_int8, OrtBackend(bare_int8, provider="cpu"))
+    assert not found and card.precision == "int8"
+    assert card.quantization is not None and card.quantization.format == "QDQ"
+    assert card.quantization.parent_sha256 == "unknown"  # what the graph cannot tell is not invented
+    assert read_card(bare_fp32, OrtBackend(bare_fp32, provider="cpu"))[0].precision == "fp32"
+    with TestClient(create_app(Settings(model_path=bare_int8, max_boxes=5))) as client:
+        assert client.get("/v1/model").json()["precision"] == "int8"
+
+
 def test_percentile_beats_minmax_on_few_crops_of_a_trained_model(people, tmp_path):
     """The issue's point: MinMax lets rare outliers set the ranges. On a trained model's real crops, percentile
     calibration agrees better with float32 than MinMax on a tiny calibration set."""
