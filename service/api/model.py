@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from service.api.deps import service_state
-from service.errors import PoseError
 from service.detection import PersonDetector
+from service.errors import PoseError
 from service.schemas import DetectorInfo, ErrorResponse, ModelCardResponse
 
 router = APIRouter(tags=["model"])

@@ -137,7 +137,8 @@ def pose_json(request: Request, result: PoseResult) -> dict:
             "box": [float(v) for v in person.box],
             "box_score": person.box_score,
             "score": person.score,
-            "keypoints": [{"name": n, "x": k[0], "y": k[1], "score": k[2]} for n, k in zip(names, kps)],
+            "keypoints": [{"name": n, "x": k[0], "y": k[1], "score": k[2]}
+                          for n, k in zip(names, kps, strict=True)],
             "coco_keypoints": [v for k in kps for v in k],
         })
     width, height = result.image_wh
