@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -116,40 +118,38 @@ def test_a_batch_call_admits_its_own_items_on_an_idle_server():
             assert all(len(r["result"]["persons"]) == per_item for r in results)
 
 
+@contextlib.contextmanager
+def busy(client: TestClient, backend: GatedBackend) -> Iterator[None]:
+    """Another request's 4 crops hold the (gated) model while the block runs; released at its end."""
+    other = threading.Thread(target=client.post, args=("/v1/pose",),
+                             kwargs={"content": jpeg_bytes(), "params": {"boxes": json.dumps(boxes(4))},
+                                     "headers": {"content-type": "image/jpeg"}})
+    other.start()
+    try:
+        assert backend.entered.wait(10), "the other request reached the model"
+        yield
+    finally:
+        backend.gate.set()
+        other.join(30)
+
+
 def test_a_batch_call_on_a_busy_server_is_refused_whole_with_retry_after():
     backend = GatedBackend(open_gate=False)
     with TestClient(app_with(backend, max_queue_crops=4, max_boxes=10)) as client:
-        busy = threading.Thread(target=client.post, args=("/v1/pose",),
-                                kwargs={"content": jpeg_bytes(), "params": {"boxes": json.dumps(boxes(4))},
-                                        "headers": {"content-type": "image/jpeg"}})
-        busy.start()
-        try:
-            assert backend.entered.wait(10), "the first request reached the model"
+        with busy(client, backend):
             response = client.post("/v1/pose/batch", json=batch_body(2, 2))
             assert_error(response, 429, "overloaded")
             assert response.headers["retry-after"].isdigit()
-        finally:
-            backend.gate.set()
-            busy.join(30)
         assert backend.computed == 4, "nothing of the refused call was computed"
 
 
 # ---- point 7: validate first, then admit ------------------------------------------------------------------------
 def test_too_many_boxes_is_422_even_while_the_server_is_busy():
     backend = GatedBackend(open_gate=False)
-    with TestClient(app_with(backend, max_queue_crops=4, max_boxes=100)) as client:
-        busy = threading.Thread(target=client.post, args=("/v1/pose",),
-                                kwargs={"content": jpeg_bytes(), "params": {"boxes": json.dumps(boxes(4))},
-                                        "headers": {"content-type": "image/jpeg"}})
-        busy.start()
-        try:
-            assert backend.entered.wait(10)
-            response = client.post("/v1/pose", files={"image": ("p.jpg", jpeg_bytes(), "image/jpeg")},
-                                   data={"boxes": json.dumps(boxes(101))})
-            assert_error(response, 422, "too_many_boxes")
-        finally:
-            backend.gate.set()
-            busy.join(30)
+    with TestClient(app_with(backend, max_queue_crops=4, max_boxes=100)) as client, busy(client, backend):
+        response = client.post("/v1/pose", files={"image": ("p.jpg", jpeg_bytes(), "image/jpeg")},
+                               data={"boxes": json.dumps(boxes(101))})
+        assert_error(response, 422, "too_many_boxes")
 
 
 # ---- point 8: work for clients that left is dropped -------------------------------------------------------------
