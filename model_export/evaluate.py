@@ -214,7 +214,7 @@ def card_for_config(config, name: str | None = None) -> ModelCard:
 
 # ---- NMS and COCOeval ---------------------------------------------------------------------------------------
 
-def person_area(box_xywh: Sequence[float], aspect_ratio: float) -> float:
+def person_area(box_xywh: Sequence[float] | np.ndarray, aspect_ratio: float) -> float:
     """The official NMS area of a person: (scale_w * 200) * (scale_h * 200) of its padded box."""
     _, scales = boxes_to_centers_scales(np.asarray(box_xywh, dtype=np.float64)[None, :4], aspect_ratio)
     return float(np.prod(scales[0] * np.float32(coco.PIXEL_STD)))
@@ -262,7 +262,7 @@ def coco_keypoint_stats(coco_gt, results: Sequence[Mapping]) -> dict[str, float]
         evaluator.accumulate()
         evaluator.summarize()
     log.debug("COCOeval:\n%s", printed.getvalue())
-    return {name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats)}
+    return {name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats, strict=True)}
 
 
 # ---- the whole evaluation -----------------------------------------------------------------------------------
@@ -295,7 +295,8 @@ def evaluate(
     else:
         boxes_by_image = detection_person_boxes(detections_file, detection_threshold)
     aspect_ratio = card.input.width / card.input.height
-    predictions, num_boxes, dropped, mismatches = [], 0, 0, []
+    predictions: list[dict] = []
+    num_boxes, dropped, mismatches = 0, 0, []
     iterator: Iterable[ImageEntry] = images
     if progress:
         from tqdm import tqdm
@@ -422,7 +423,7 @@ def run_evaluate_command(args: Any) -> int:
         if path is not None and not path.exists():
             print(f"evaluate: {what} not found: {path}", file=sys.stderr)
             return 2
-    runner = None
+    runner: ServiceRunner | LocalRunner | None = None
     try:
         detector = None if args.detector is None else PersonDetector(
             args.detector, score_threshold=args.detector_threshold, provider=args.provider,
@@ -444,6 +445,7 @@ def run_evaluate_command(args: Any) -> int:
     finally:
         if isinstance(runner, ServiceRunner):
             runner.close()
+    assert runner is not None  # every path that leaves it None has returned
     card = runner.card
     what = args.url or str(args.model)
     boxes = f"detections {args.detections}" if args.detections else "ground-truth boxes"

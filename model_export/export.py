@@ -22,8 +22,13 @@ import onnx
 import torch
 from torch import nn
 
-from model_export.checkpoint import (CheckpointSource, file_sha256, load_checkpoint, read_checkpoint_config,
-                                     read_checkpoint_file)
+from model_export.checkpoint import (
+    CheckpointSource,
+    file_sha256,
+    load_checkpoint,
+    read_checkpoint_config,
+    read_checkpoint_file,
+)
 from model_export.configs import ARCHS, HRNetConfig, get_config
 from model_export.hrnet import HRNet, build_hrnet
 from service.modelcard import UNTRAINED_WARNING, InputSpec, ModelCard, OutputSpec, WeightsInfo, card_path_for
@@ -51,7 +56,8 @@ class ExportLog(logging.LoggerAdapter):
     """Prefixes every message of an untrained export, so no line of its output passes for a real model."""
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        return (f"UNTRAINED model: {msg}" if self.extra["untrained"] else msg), kwargs
+        untrained = bool(self.extra and self.extra["untrained"])
+        return (f"UNTRAINED model: {msg}" if untrained else msg), kwargs
 
 
 def tool_versions() -> dict[str, str]:

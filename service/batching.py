@@ -18,6 +18,7 @@ may span batches. It knows nothing of HTTP and nothing of ONNX Runtime: `infer` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import threading
@@ -272,10 +273,8 @@ class MicroBatcher:
         job.finished = True
         self._inflight_crops -= job.size
         self._publish_depth()
-        try:
+        with contextlib.suppress(RuntimeError):  # the caller's event loop is gone (shutdown): nobody to tell
             job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
-        except RuntimeError:  # the caller's event loop is gone (shutdown); nobody to tell
-            pass
 
     def _publish_depth(self) -> None:
         if self._metrics is not None:

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+
 class ErrorBody(BaseModel):
     code: str = Field(description="Stable machine-readable error code, e.g. 'corrupt_image'.")
     message: str = Field(description="What went wrong, for humans.")

@@ -24,7 +24,8 @@ class Settings(BaseSettings):
         "detector card's, 0.3."
     )
     provider: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
-        "auto", description="Execution provider: auto picks CUDA when onnxruntime-gpu has it, else CPU; tensorrt must be asked for."
+        "auto", description="Execution provider: auto picks CUDA when onnxruntime-gpu has it, else CPU; tensorrt "
+        "must be asked for."
     )
     allow_cpu_fallback: bool = Field(
         False, description="Report ready even when the requested GPU provider did not load."
