@@ -120,3 +120,38 @@ def test_page_draws_keypoints_and_warns_about_the_untrained_model(tiny_onnx, bro
                   max(0, round(x * scale_x) + 1 - 2): round(x * scale_x) + 1 + 3]
     assert any(is_keypoint_red(p) for p in window.reshape(-1, 3)), window
     assert console_errors == [], console_errors
+
+
+def is_box_green(pixel) -> bool:
+    r, g, b = pixel[:3]
+    return g > 170 and r < 110 and b < 110  # the page draws boxes in #3c3
+
+
+def test_page_draws_every_detected_person_with_their_box(tiny_onnx, browser_page, tmp_path):
+    """With a person detector, a bare photo comes back with every person found, and the page draws each box."""
+    from tests.detector_model import build_scene_detector
+
+    page = browser_page
+    photo = photo_file(tmp_path)
+    width, height = Image.open(photo).size
+    detector, scene = build_scene_detector(tmp_path / "scene.onnx", (width, height))
+    with LiveServer(tiny_onnx, env={"POSE_DETECTOR_PATH": str(detector)}) as server:
+        page.goto(f"{server.base_url}/")
+        page.wait_for_function("document.getElementById('intro').textContent.includes('detector')", timeout=15_000)
+        with page.expect_response(lambda r: r.url.endswith("/v1/pose") and r.request.method == "POST",
+                                  timeout=30_000) as pose_call:
+            page.set_input_files("#file", str(photo))
+        result = pose_call.value.json()
+        page.wait_for_function("document.getElementById('canvas').dataset.persons === '2'", timeout=30_000)
+        # around the middle of each box's top edge (the 2 px line is anti-aliased over fractional coordinates)
+        tops = [(x + w / 2, y + dy) for x, y, w, _h, _score in scene.persons for dy in (-1, 0, 1)]
+        pixels = page.evaluate(
+            """(points) => {
+                 const ctx = document.getElementById('canvas').getContext('2d');
+                 return points.map(([x, y]) => Array.from(ctx.getImageData(Math.round(x), Math.round(y), 1, 1).data));
+               }""",
+            tops,
+        )
+    assert len(result["persons"]) == len(scene.persons) == 2
+    np.testing.assert_allclose([[*p["box"], p["box_score"]] for p in result["persons"]], scene.persons, atol=1e-3)
+    assert all(any(is_box_green(p) for p in pixels[i:i + 3]) for i in range(0, len(pixels), 3)), pixels
