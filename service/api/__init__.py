@@ -1,10 +1,11 @@
-"""HTTP routers: pose (single, batch, render), model card, health and metrics, the demo page."""
+"""HTTP routers: pose (single, batch, render), model card, health and metrics, the demo page, and the Open
+Inference Protocol v2 front door."""
 
 from fastapi import FastAPI
 
+from service.api import health, model, oip, page, pose
+
 
 def register_routes(app: FastAPI) -> None:
-    from service.api import health, model, oip, page, pose
-
     for module in (pose, model, health, page, oip):
         app.include_router(module.router)
