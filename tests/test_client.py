@@ -59,6 +59,7 @@ def raw_pose(base_url: str, image: bytes, boxes: list[list[float]] | None = None
 
 
 # -- against the live service -----------------------------------------------------------------------------------
+@pytest.mark.integration  # a live server process
 def test_pose_result_mirrors_the_json_for_paths_bytes_and_files(server: LiveServer, tmp_path: Path) -> None:
     image = jpeg_bytes(200, 300, seed=1)
     path = tmp_path / "person.jpg"
@@ -85,6 +86,7 @@ def test_pose_result_mirrors_the_json_for_paths_bytes_and_files(server: LiveServ
     assert results[0].persons[1].box_score == 0.5
 
 
+@pytest.mark.integration  # a live server process
 def test_no_boxes_is_the_whole_image_and_empty_boxes_is_nobody(server: LiveServer) -> None:
     image = jpeg_bytes(160, 240)
     with PoseClient(server.base_url) as client:
@@ -100,6 +102,7 @@ def test_no_boxes_is_the_whole_image_and_empty_boxes_is_nobody(server: LiveServe
     assert flipped.persons[0].keypoints != xywh.persons[0].keypoints
 
 
+@pytest.mark.integration  # a live server process
 def test_render_returns_the_drawn_image(server: LiveServer) -> None:
     with PoseClient(server.base_url) as client:
         jpeg = client.render(jpeg_bytes(), boxes=[[10, 20, 100, 200]])
@@ -109,6 +112,7 @@ def test_render_returns_the_drawn_image(server: LiveServer) -> None:
     assert jpeg.trained is False and "inference" in jpeg.timings_ms
 
 
+@pytest.mark.integration  # a live server process
 def test_pose_many_keeps_input_order_sync_and_async(server: LiveServer) -> None:
     sizes = [(120 + 10 * i, 160 + 7 * i) for i in range(7)]
     images = [jpeg_bytes(w, h, seed=i) for i, (w, h) in enumerate(sizes)]
@@ -126,6 +130,7 @@ def test_pose_many_keeps_input_order_sync_and_async(server: LiveServer) -> None:
     assert [r.persons for r in asyncio.run(run())] == [r.persons for r in results]
 
 
+@pytest.mark.integration  # a live server process
 def test_errors_carry_code_status_and_request_id(server: LiveServer) -> None:
     with PoseClient(server.base_url) as client:
         with pytest.raises(InvalidRequestError) as corrupt:
@@ -149,6 +154,7 @@ def overloaded_count(base_url: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+@pytest.mark.integration  # a live server process
 def test_concurrent_pose_many_against_a_shedding_server_all_finish(shedding_server: LiveServer) -> None:
     """Three callers at once, each with several requests in flight, against a service that admits one crop:
     most first attempts are shed (429 + Retry-After), and every image still comes back, in order."""
@@ -179,6 +185,7 @@ def test_concurrent_pose_many_against_a_shedding_server_all_finish(shedding_serv
     assert overloaded_count(url) > before  # the service really shed, and the clients rode it out
 
 
+@pytest.mark.integration  # a live server process
 def test_api_key_is_sent_and_its_absence_is_a_typed_error(shedding_server: LiveServer) -> None:
     with PoseClient(shedding_server.base_url) as client, pytest.raises(UnauthorizedError) as refused:
         client.pose(jpeg_bytes())
@@ -303,6 +310,7 @@ def test_the_wait_is_jittered_but_never_below_retry_after() -> None:
 
 
 # -- the command line ---------------------------------------------------------------------------------------------
+@pytest.mark.integration  # a live server process
 def test_cli_writes_coco_keypoint_results(server: LiveServer, tmp_path: Path) -> None:
     first, second, broken = tmp_path / "000000000785.jpg", tmp_path / "000000000042.jpg", tmp_path / "broken.jpg"
     first.write_bytes(jpeg_bytes(200, 300, seed=2))
@@ -331,6 +339,7 @@ def test_cli_writes_coco_keypoint_results(server: LiveServer, tmp_path: Path) ->
     assert [r["image_id"] for r in json.loads(out.read_text())] == [42]
 
 
+@pytest.mark.integration  # a live server process
 def test_cli_on_coco_mini_with_detector_boxes_feeds_cocoeval(server: LiveServer, tmp_path: Path) -> None:
     """The real COCO images and detector boxes: one result per person box, and pycocotools reads the file."""
     coco = pytest.importorskip("pycocotools.coco", reason="pycocotools is not installed (the export extra)")

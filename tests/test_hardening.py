@@ -199,6 +199,7 @@ def _no_tracebacks(server) -> None:
 
 
 # ---- 4. client hang-ups ----------------------------------------------------------------------------------------
+@pytest.mark.integration  # a live server process
 def test_client_hanging_up_mid_upload_is_counted_499_with_one_log_line(server):
     import json as _json
 
@@ -225,6 +226,7 @@ def test_client_hanging_up_mid_upload_is_counted_499_with_one_log_line(server):
 
 
 # ---- 5. header size ----------------------------------------------------------------------------------------------
+@pytest.mark.integration  # a live server process
 def test_huge_header_is_refused_431_at_the_limit_and_livez_stays_responsive(server):
     import threading
 
@@ -260,6 +262,7 @@ def test_huge_header_is_refused_431_at_the_limit_and_livez_stays_responsive(serv
     assert refusal and refusal[-1]["client"].startswith("127.0.0.1:") and refusal[-1]["request_id"] != "-"
 
 
+@pytest.mark.integration  # a live server process
 def test_headers_just_under_the_limit_are_served(server):
     sock = _connect(server)
     sock.sendall(b"GET /livez HTTP/1.1\r\nHost: test\r\nConnection: close\r\nX-Filler: "
@@ -269,6 +272,7 @@ def test_headers_just_under_the_limit_are_served(server):
 
 
 # ---- 6. idle and slow connections --------------------------------------------------------------------------------
+@pytest.mark.integration  # a live server process
 def test_slowloris_partial_headers_are_answered_408_and_closed(server):
     sockets = [_connect(server) for _ in range(50)]
     started = time.monotonic()
@@ -283,6 +287,7 @@ def test_slowloris_partial_headers_are_answered_408_and_closed(server):
     assert waited >= HEADER_TIMEOUT_S * 0.9  # closed by the timeout, not at once
 
 
+@pytest.mark.integration  # a live server process
 def test_an_idle_connection_and_an_idle_keep_alive_connection_are_closed(server):
     idle = _connect(server)
     assert _read_until_closed(idle) == b""  # nothing was asked: closed without an answer
@@ -294,6 +299,7 @@ def test_an_idle_connection_and_an_idle_keep_alive_connection_are_closed(server)
     assert _status_line(answer) == b"HTTP/1.1 200 OK" and answer.endswith(b'"status":"ok","detail":null}')
 
 
+@pytest.mark.integration  # a live server process
 def test_a_dribbled_body_is_cut_with_408_and_counted_as_such(server):
     before = _metric(server, 'pose_requests_total{endpoint="/v1/pose",status="408"}')
     sock = _connect(server)
@@ -319,6 +325,7 @@ def test_a_dribbled_body_is_cut_with_408_and_counted_as_such(server):
     _no_tracebacks(server)
 
 
+@pytest.mark.integration  # a live server process
 def test_a_slow_but_steady_upload_is_not_cut(server):
     body = encode(photo(320, 240), "JPEG")
     sock = _connect(server)
@@ -333,6 +340,7 @@ def test_a_slow_but_steady_upload_is_not_cut(server):
 
 
 # ---- 9. HEAD -----------------------------------------------------------------------------------------------------
+@pytest.mark.integration  # a live server process
 @pytest.mark.parametrize("path", ["/livez", "/readyz", "/metrics", "/v1/model", "/"])
 def test_head_on_get_routes_is_200_without_a_body(server, path):
     import httpx
@@ -343,6 +351,7 @@ def test_head_on_get_routes_is_200_without_a_body(server, path):
     assert head.headers["x-request-id"]
 
 
+@pytest.mark.integration  # a live server process
 def test_pipelined_requests_still_answer_in_order_through_the_limited_protocol(server):
     """The head limit slices what it feeds the parser; pipelining (held up in the first round) must not notice."""
     image = encode(photo(160, 120), "JPEG")
@@ -359,6 +368,7 @@ def test_pipelined_requests_still_answer_in_order_through_the_limited_protocol(s
     assert answer.count(b'"status":"ok"') == 3 and answer.count(b'"status":"ready"') == 1
 
 
+@pytest.mark.integration  # a live server process
 def test_invalid_http_is_refused_counted_and_logged_with_the_client(server):
     """'Also seen': uvicorn's "Invalid HTTP request received." lines had no request ID or client. A smuggling
     attempt (Content-Length and Transfer-Encoding together, refused in the first round) must stay refused."""

@@ -80,6 +80,7 @@ def v1_keypoints(base_url: str, image: bytes, boxes: np.ndarray, flip: bool, box
 
 
 # -- tritonclient ----------------------------------------------------------------------------------------------
+@pytest.mark.integration  # a live server process
 def test_health_and_metadata_through_tritonclient(triton: tritonhttp.InferenceServerClient) -> None:
     assert triton.is_server_live() and triton.is_server_ready()
     assert triton.is_model_ready(MODEL) and triton.is_model_ready(MODEL, "1")
@@ -104,6 +105,7 @@ def test_health_and_metadata_through_tritonclient(triton: tritonhttp.InferenceSe
     assert unknown.value.status() == "404" and unknown.value.message().startswith("not_found: ")
 
 
+@pytest.mark.integration  # a live server process
 @pytest.mark.parametrize("flip", [False, True])
 def test_infer_a_jpeg_with_boxes_equals_v1(server: LiveServer, triton: tritonhttp.InferenceServerClient,
                                            flip: bool) -> None:
@@ -120,6 +122,7 @@ def test_infer_a_jpeg_with_boxes_equals_v1(server: LiveServer, triton: tritonhtt
     assert result.as_numpy("scores").shape == (2,) and result.as_numpy("scores").dtype == np.float32
 
 
+@pytest.mark.integration  # a live server process
 def test_flip_changes_the_answer(triton: tritonhttp.InferenceServerClient) -> None:
     plain = triton.infer(MODEL, [image_input(PHOTO), array_input("boxes", BOXES, "FP32")])
     flipped = triton.infer(MODEL, [image_input(PHOTO), array_input("boxes", BOXES, "FP32")],
@@ -127,6 +130,7 @@ def test_flip_changes_the_answer(triton: tritonhttp.InferenceServerClient) -> No
     assert not np.array_equal(plain.as_numpy("keypoints"), flipped.as_numpy("keypoints"))
 
 
+@pytest.mark.integration  # a live server process
 def test_several_images_json_outputs_and_xyxy(server: LiveServer, triton: tritonhttp.InferenceServerClient) -> None:
     second = jpeg_bytes(200, 300, seed=4)
     xyxy = np.array([[300, 50, 480, 380], [10, 20, 110, 220], [30, 40, 150, 280]], np.float32)
@@ -146,6 +150,7 @@ def test_several_images_json_outputs_and_xyxy(server: LiveServer, triton: triton
                                rtol=1e-6, atol=1e-4)
 
 
+@pytest.mark.integration  # a live server process
 def test_no_boxes_is_the_whole_image_and_empty_boxes_is_nobody(triton: tritonhttp.InferenceServerClient) -> None:
     whole = triton.infer(MODEL, [image_input(PHOTO)])
     np.testing.assert_array_equal(whole.as_numpy("boxes"), [[0, 0, 640, 425]])
@@ -170,6 +175,7 @@ def test_no_boxes_is_the_whole_image_and_empty_boxes_is_nobody(triton: tritonhtt
     (lambda: [image_input(PHOTO)], {"box_format": "cxcywh"}, "400", "invalid_request"),
 ], ids=["corrupt image", "negative width", "three columns", "two images no index", "int boxes", "five images",
         "unknown input", "no image", "flip not bool", "bad box_format"])
+@pytest.mark.integration  # a live server process
 def test_bad_inputs_are_4xx_through_tritonclient(triton: tritonhttp.InferenceServerClient, inputs, parameters,
                                                  status: str, code: str) -> None:
     with pytest.raises(InferenceServerException) as refused:
@@ -178,6 +184,7 @@ def test_bad_inputs_are_4xx_through_tritonclient(triton: tritonhttp.InferenceSer
     assert refused.value.message().startswith(f"{code}: "), refused.value.message()
 
 
+@pytest.mark.integration  # a live server process
 @pytest.mark.parametrize("compression", ["gzip", "deflate"])
 def test_compressed_requests(server: LiveServer, compression: str) -> None:
     client = tritonhttp.InferenceServerClient(server.base_url.removeprefix("http://"), network_timeout=120)
@@ -190,12 +197,14 @@ def test_compressed_requests(server: LiveServer, compression: str) -> None:
     np.testing.assert_array_equal(packed.as_numpy("keypoints"), plain.as_numpy("keypoints"))
 
 
+@pytest.mark.integration  # a live server process
 def test_bad_image_of_several_is_named(triton: tritonhttp.InferenceServerClient) -> None:
     with pytest.raises(InferenceServerException) as refused:
         triton.infer(MODEL, [image_input(PHOTO, b"\xff\xd8 broken")])
     assert refused.value.status() == "400" and refused.value.message().startswith("corrupt_image: image 1: ")
 
 
+@pytest.mark.integration  # a live server process
 def test_raw_json_form_with_base64_and_the_endpoint_label(server: LiveServer) -> None:
     request = {"id": "call-7", "parameters": {"flip": False},
                "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "parameters": {"content_type": "base64"},
@@ -217,6 +226,7 @@ def test_raw_json_form_with_base64_and_the_endpoint_label(server: LiveServer) ->
 
 
 # -- KServe's client ---------------------------------------------------------------------------------------------
+@pytest.mark.integration  # a live server process
 def test_kserve_rest_client_health_and_infer(server: LiveServer) -> None:
     kserve = pytest.importorskip("kserve", reason="kserve is not installed (pip install -e '.[dev]')")
 
@@ -245,6 +255,7 @@ def test_kserve_rest_client_health_and_infer(server: LiveServer) -> None:
 
 
 # -- refusals in the protocol's form, in process -------------------------------------------------------------------
+@pytest.mark.integration  # a live server process
 def test_keys_not_ready_and_unknown_routes_answer_in_the_protocol_form(tiny_onnx: Path) -> None:
     settings = Settings(model_path=tiny_onnx, api_keys=KEY, intra_op_threads=1, max_body_bytes=100_000)
     with TestClient(create_app(settings)) as client:
@@ -273,6 +284,7 @@ def test_keys_not_ready_and_unknown_routes_answer_in_the_protocol_form(tiny_onnx
         assert client.get("/v2/health/live").json() == {"live": True}
 
 
+@pytest.mark.integration  # a live server process
 def test_overload_is_429_with_retry_after(tiny_onnx: Path) -> None:
     """One crop admitted at a time: concurrent infer calls are shed in the protocol's form, with Retry-After."""
     body = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "parameters":
