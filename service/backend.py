@@ -8,6 +8,7 @@ before the service reports ready.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -15,7 +16,7 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
-from service.errors import ModelLoadError, PoseError
+from service.errors import ModelLoadError
 
 __all__ = ["Backend", "ModelLoadError", "OrtBackend", "ProviderStatus", "open_session"]
 
@@ -85,6 +86,28 @@ def choose_providers(requested: str, available: list[str], trt_cache_dir: Path |
 
 def _provider_name(entry) -> str:
     return entry[0] if isinstance(entry, tuple) else entry
+
+
+def batch_shapes(fixed_batch: int | None, max_batch: int, provider: str) -> list[int]:
+    """The batch sizes a session is run with: its fixed batch axis, or padded_batch_sizes for a dynamic one."""
+    return [fixed_batch] if fixed_batch else padded_batch_sizes(max_batch, gpu=provider != PROVIDER_NAMES["cpu"])
+
+
+def run_in_padded_batches(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray,
+                          batch_sizes: list[int]) -> list[np.ndarray]:
+    """`run` over `batch` in slices of at most the largest allowed size, each zero-padded up to the next allowed
+    size (the shapes warmed up before ready) and its output trimmed back. Shared by the pose model and the
+    detector."""
+    step = batch_sizes[-1]
+    outputs = []
+    for start in range(0, len(batch), step):
+        part = batch[start : start + step]
+        n = len(part)
+        size = next(s for s in batch_sizes if s >= n)
+        if size > n:
+            part = np.concatenate([part, np.zeros((size - n, *part.shape[1:]), part.dtype)])
+        outputs.append(run(part)[:n])
+    return outputs
 
 
 def padded_batch_sizes(max_batch_size: int, gpu: bool) -> list[int]:
@@ -168,8 +191,7 @@ class OrtBackend:
         # IO binding keeps the heatmaps on the device until one copy back; only CUDA gains from it.
         self.use_io_binding = self.provider == PROVIDER_NAMES["cuda"]
         self._read_shapes()
-        gpu = self.provider != PROVIDER_NAMES["cpu"]
-        self.batch_sizes = [self.fixed_batch] if self.fixed_batch else padded_batch_sizes(max_batch, gpu)
+        self.batch_sizes = batch_shapes(self.fixed_batch, max_batch, self.provider)
 
     @property
     def provider(self) -> str:
@@ -206,20 +228,8 @@ class OrtBackend:
     def infer(self, batch: np.ndarray) -> np.ndarray:
         if batch.dtype != self.input_dtype:
             batch = batch.astype(self.input_dtype)
-        # A model exported with a fixed batch dimension is fed that many crops at a time.
-        step = self.fixed_batch or len(batch)
-        out = [self._run_padded(batch[i : i + step]) for i in range(0, len(batch), step)]
+        out = run_in_padded_batches(self._run, batch, self.batch_sizes)
         return (out[0] if len(out) == 1 else np.concatenate(out)).astype(np.float32, copy=False)
-
-    def _run_padded(self, batch: np.ndarray) -> np.ndarray:
-        n = len(batch)
-        size = next((s for s in self.batch_sizes if s >= n), None)
-        if size is None:
-            raise PoseError("internal_error",
-                            f"batch of {n} exceeds the backend's largest batch {self.batch_sizes[-1]}")
-        if size > n:
-            batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), batch.dtype)])
-        return self._run(batch)[:n]
 
     def warmup(self) -> None:
         """Run every padded batch shape once, so no request pays for a first-shape allocation or engine."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.backend import PROVIDER_NAMES, ModelLoadError, open_session, padded_batch_sizes
+from service.backend import ModelLoadError, batch_shapes, open_session, run_in_padded_batches
 from service.detection import end2end, yolox
 from service.detection.card import DetectorCard, DetectorLoadError, read_detector_card
 from service.detection.letterbox import PAD_VALUE, letterbox
@@ -75,8 +75,7 @@ class PersonDetector:
         self.nms_iou = card.nms_iou if nms_iou is None else float(nms_iou)
         self.max_boxes = max_boxes
         self.min_box_side = min_box_side
-        gpu = self.provider != PROVIDER_NAMES["cpu"]
-        self.batch_sizes = [self.io.fixed_batch] if self.io.fixed_batch else padded_batch_sizes(max_batch, gpu)
+        self.batch_sizes = batch_shapes(self.io.fixed_batch, max_batch, self.provider)
         self._check_output()
 
     # ---- what the serving layer reads -----------------------------------------------------------------------
@@ -108,8 +107,7 @@ class PersonDetector:
         """float32 (N, 3, H, W) -> one raw row per image: yolox (N, A, 5 + C); end2end (N, M, 6) packed."""
         if batch.dtype != self.input_dtype:
             batch = batch.astype(self.input_dtype)
-        step = self.batch_sizes[-1]
-        parts = [self._run_padded(batch[i:i + step]) for i in range(0, len(batch), step)]
+        parts = run_in_padded_batches(self._run, batch, self.batch_sizes)
         if len(parts) == 1:
             return parts[0]
         if self.layout == "end2end":  # each run may pad to its own N: pad all to the longest with score-0 rows
@@ -148,13 +146,6 @@ class PersonDetector:
         if self.layout == "end2end":
             return end2end.pack(np.asarray(outputs[0]), np.asarray(outputs[1]))
         return np.asarray(outputs[0], dtype=np.float32)
-
-    def _run_padded(self, batch: np.ndarray) -> np.ndarray:
-        n = len(batch)
-        size = next(s for s in self.batch_sizes if s >= n)  # infer() never passes more than the largest
-        if size > n:
-            batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), batch.dtype)])
-        return self._run(batch)[:n]
 
     def _check_output(self) -> None:
         """One blank run: the file must answer in the shape its card promises (a card can be wrong)."""
