@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from service.api.deps import ready_service, request_defaults, service_state
+from service.api.openapi import error_responses
 from service.api.pose import cancel_on_disconnect
 from service.errors import PoseError
 from service.oip import contract
@@ -35,20 +36,17 @@ SERVER_NAME = "hrnet-pose"
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "parameters"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
-_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.",
-                                "schema": {"type": "integer", "minimum": 1}}}
+_ERROR_TEXTS = {400: "Malformed request, tensor or image", 401: "Missing or wrong API key",
+                404: "No such model, version or route", 413: "Body or image too large",
+                415: "Unsupported image type", 422: "Invalid boxes, too many boxes or images",
+                429: "Overloaded: retry after Retry-After seconds",
+                500: "Our fault: inference failed or an internal error",
+                503: "Not ready or shutting down: retry after Retry-After seconds",
+                504: "Deadline exceeded: retry after Retry-After seconds"}
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    texts = {400: "Malformed request, tensor or image", 401: "Missing or wrong API key",
-             404: "No such model, version or route", 413: "Body or image too large",
-             415: "Unsupported image type", 422: "Invalid boxes, too many boxes or images",
-             429: "Overloaded: retry after Retry-After seconds",
-             500: "Our fault: inference failed or an internal error",
-             503: "Not ready or shutting down: retry after Retry-After seconds",
-             504: "Deadline exceeded: retry after Retry-After seconds"}
-    return {s: {"model": ProtocolError, "description": texts[s], **({"headers": _RETRY_AFTER} if s in (429, 503, 504)
-                                                                     else {})} for s in statuses}
+    return error_responses(ProtocolError, {s: _ERROR_TEXTS[s] for s in statuses})
 
 
 PROBE_ERRORS = _errors(401, 503)
@@ -188,8 +186,6 @@ async def _infer(request: Request, state: ServiceState, model_name: str, default
 def _result_or_raise(outcome: PoseResult | PoseError, index: int, count: int) -> PoseResult:
     """A v2 call succeeds or fails as a whole: the first failed image's error is the answer."""
     if isinstance(outcome, PoseError):
-        if count == 1:
-            raise outcome
-        raise PoseError(outcome.code, f"image {index}: {outcome.message}", outcome.retry_after_s)
+        raise contract.for_image(outcome, index, count)
     return outcome
 

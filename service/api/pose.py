@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from service.api.deps import ready_service, request_defaults, service_state
+from service.api.openapi import error_responses
 from service.codec import PersonPose
 from service.errors import PoseError
 from service.imaging import encode_image
@@ -26,19 +27,13 @@ from service.serving import PoseResult, PoseService
 router = APIRouter(tags=["pose"])
 T = TypeVar("T")
 
-RETRY_AFTER_HEADER = {"Retry-After": {"description": "Seconds to wait before retrying.",
-                                       "schema": {"type": "integer", "minimum": 1}}}
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": text,
-             **({"headers": RETRY_AFTER_HEADER} if status in (429, 503, 504) else {})}
-    for status, text in {
-        400: "Malformed request or image", 401: "Missing or wrong API key", 413: "Body or image too large",
-        415: "Unsupported content or image type", 422: "Invalid boxes or fields",
-        429: "Overloaded: retry after Retry-After seconds", 500: "Our fault: inference failed or an internal error",
-        503: "Not ready or shutting down: retry after Retry-After seconds",
-        504: "Deadline exceeded: retry after Retry-After seconds",
-    }.items()
-}
+ERROR_RESPONSES = error_responses(ErrorResponse, {
+    400: "Malformed request or image", 401: "Missing or wrong API key", 413: "Body or image too large",
+    415: "Unsupported content or image type", 422: "Invalid boxes or fields",
+    429: "Overloaded: retry after Retry-After seconds", 500: "Our fault: inference failed or an internal error",
+    503: "Not ready or shutting down: retry after Retry-After seconds",
+    504: "Deadline exceeded: retry after Retry-After seconds",
+})
 
 
 @router.post("/v1/pose", response_model=PoseResponse, responses=ERROR_RESPONSES, openapi_extra=single_body(),

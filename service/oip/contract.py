@@ -91,7 +91,7 @@ def pose_requests(request: InferRequest, defaults: RequestDefaults, max_images: 
         try:
             requests.append(build_request(image, {**values, BOXES: own}, defaults))
         except PoseError as error:
-            raise _for_image(error, i, len(images)) from None
+            raise for_image(error, i, len(images)) from None
     return requests
 
 
@@ -136,7 +136,8 @@ def _box_image_index(tensor: Tensor | None, boxes: np.ndarray | None, image_coun
     return index
 
 
-def _for_image(error: PoseError, index: int, count: int) -> PoseError:
+def for_image(error: PoseError, index: int, count: int) -> PoseError:
+    """The error of one image of a call of `count`, named by its index when there are several."""
     if count == 1:
         return error
     return PoseError(error.code, f"image {index}: {error.message}", error.retry_after_s)
