@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import PoseError
+from service.geometry import xyxy_to_xywh
 
 BOX_FORMATS = ("xywh", "xyxy")
 # Detector scores are probabilities or logits; a larger one is a mistake and would overflow the rescored
@@ -37,7 +38,7 @@ def parse_boxes(raw: Any, box_format: str = "xywh", max_boxes: int | None = None
         raise PoseError("too_many_boxes", f"{count} person boxes were sent; at most {max_boxes} are allowed.")
     rows = _rows(raw)
     if box_format == "xyxy":
-        rows[:, 2:4] -= rows[:, 0:2]
+        rows = xyxy_to_xywh(rows)
     _refuse_first(rows, (
         (~np.isfinite(rows).all(axis=1), "contains NaN or infinite values"),
         ((rows[:, 2] <= 0) | (rows[:, 3] <= 0), "has a width or height <= 0; both must be > 0"),

@@ -100,7 +100,15 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
     image_too_complex (decoding work bounded from the file's structure first: service/decode_work.py),
     image_too_many_pixels, animated_image_unsupported.
     """
-    image = read_header(data, max_bytes, max_pixels)
+    return decode_opened(read_header(data, max_bytes, max_pixels))
+
+
+def decode_opened(image: Image.Image) -> np.ndarray:
+    """The pixels of an image `read_header` opened (and checked): RGB uint8 (H, W, 3), EXIF orientation applied.
+
+    For callers that read the header first (the serving layer admits by pixel count before decoding), so the
+    header checks and the structure walk run once.
+    """
     try:
         image.load()
     except Image.DecompressionBombError as exc:

@@ -125,7 +125,7 @@ async def start_serving(state: ServiceState, loaded: LoadedModel, detector: Pers
                  detector.layout, list(detector.input_hw), detector.score_threshold, detector.provider)
     state.poser = PoseService(
         codec=PoseCodec(loaded.card), batcher=state.batcher, metrics=metrics,
-        limits=Limits(settings.max_image_bytes, settings.max_image_pixels, settings.max_boxes),
+        limits=Limits(settings.max_image_bytes, settings.max_image_pixels),
         pixels=PixelBudget(settings.max_inflight_pixels), request_timeout_s=settings.request_timeout_s,
         detection=detection,
     )

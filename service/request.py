@@ -107,7 +107,6 @@ FIELDS: tuple[RequestField, ...] = (
     RequestField("detect", _BOOL, _BOOL, "Without boxes: run the person detector (default true); false: the "
                  "whole image is one person.", _bool_from_text, _bool_from_json),
 )
-FIELD_NAMES = tuple(f.name for f in FIELDS)
 
 
 def build_request(image: bytes, values: Mapping[str, Any], defaults: RequestDefaults) -> PoseRequest:
@@ -128,11 +127,9 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-def _text_values(source: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+def _text_values(source: Mapping[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for field in FIELDS:
-        if field.name not in names:
-            continue
         raw = source.get(field.name)
         if raw is None or raw == "":
             continue
@@ -142,11 +139,11 @@ def _text_values(source: Mapping[str, Any], names: tuple[str, ...]) -> dict[str,
     return values
 
 
-def _query_and_form(request: Request, form: FormData | None, names: tuple[str, ...]) -> dict[str, Any]:
+def _query_and_form(request: Request, form: FormData | None) -> dict[str, Any]:
     """Query parameters, then form fields over them (a form field wins)."""
-    values = _text_values(request.query_params, names)
+    values = _text_values(request.query_params)
     if form is not None:
-        values |= _text_values(form, names)
+        values |= _text_values(form)
     return values
 
 
@@ -159,9 +156,9 @@ async def read_pose_request(request: Request, defaults: RequestDefaults) -> Pose
         if not isinstance(image, UploadFile):
             raise PoseError("invalid_request", "multipart field 'image' (a file) is required")
         data = await image.read()
-        return build_request(data, _query_and_form(request, form, FIELD_NAMES), defaults)
+        return build_request(data, _query_and_form(request, form), defaults)
     if kind in RAW_IMAGE_TYPES:
-        values = _query_and_form(request, None, FIELD_NAMES)  # before the body: a bad field costs no upload
+        values = _query_and_form(request, None)  # before the body: a bad field costs no upload
         return build_request(await request.body(), values, defaults)
     raise PoseError("unsupported_media_type", "send multipart/form-data with an 'image' file, or the image itself "
                     f"with Content-Type one of {', '.join(RAW_IMAGE_TYPES)}")
@@ -180,7 +177,7 @@ async def read_batch_request(request: Request, defaults: RequestDefaults,
         if not files:
             raise PoseError("invalid_request", "multipart field 'images' (one or more files) is required")
         _check_count(len(files), max_items)
-        values = _query_and_form(request, form, FIELD_NAMES)
+        values = _query_and_form(request, form)
         boxes_all = values.pop("boxes", None)
         if boxes_all is not None and (not isinstance(boxes_all, list) or len(boxes_all) != len(files)):
             raise PoseError("invalid_boxes", f"'boxes' must be a JSON list with one entry (null or a list of boxes) "

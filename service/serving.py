@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
+from PIL import Image
 
 from service.admission import PixelBudget, PixelReservation
 from service.batching import Announcement, MicroBatcher
@@ -29,7 +30,7 @@ from service.boxes import whole_image_box
 from service.codec import PersonPose, PoseCodec, Prepared
 from service.detection import PersonDetector
 from service.errors import PoseError
-from service.imaging import decode_image, read_header
+from service.imaging import decode_opened, read_header
 from service.metrics import Metrics
 from service.request import PoseRequest
 
@@ -40,7 +41,6 @@ T = TypeVar("T")
 class Limits:
     max_image_bytes: int
     max_image_pixels: int
-    max_boxes: int
 
 
 @dataclass
@@ -127,7 +127,8 @@ class PoseService:
         boxes = request.boxes
         detection = self.detection if boxes is None and request.detect else None
         expected_crops = (1 if boxes is None else len(boxes)) * (2 if request.flip else 1)
-        width, height = read_header(request.image, self.limits.max_image_bytes, self.limits.max_image_pixels).size
+        header = read_header(request.image, self.limits.max_image_bytes, self.limits.max_image_pixels)
+        width, height = header.size
         # refused now, before decoding, when the crops (or the detector's images) would be refused
         announcement = self.batcher.announce(expected_crops)
         announcements = [announcement]
@@ -138,7 +139,7 @@ class PoseService:
                 announcements.append(detection.batcher.announce(1))
             reservation = self.pixels.reserve(width * height)
             # while a worker decodes, the worker releases the pixels (even after the deadline gave up on it)
-            decoded = await self._in_worker(deadline, self._decode, request, reservation, keep_image,
+            decoded = await self._in_worker(deadline, self._decode, request, header, reservation, keep_image,
                                             detection is not None)
             decoding_done = True
             if detection is not None:
@@ -170,7 +171,7 @@ class PoseService:
             return PoseResult(prepared.image_wh, prepared.flip, persons, timings, decoded.image, reservation)
         return PoseResult(prepared.image_wh, prepared.flip, persons, timings)
 
-    def _decode(self, request: PoseRequest, reservation: PixelReservation, keep_image: bool,
+    def _decode(self, request: PoseRequest, header: Image.Image, reservation: PixelReservation, keep_image: bool,
                 detect: bool) -> _Decoded:
         """In a worker thread: decode, then either crop (boxes given, or the whole image) or letterbox for the
         detector. The pixels stay reserved while the full image exists: until the crops are made, or (keep_image)
@@ -178,7 +179,7 @@ class PoseService:
         done = True
         try:
             started = time.perf_counter()
-            image = decode_image(request.image, self.limits.max_image_bytes, self.limits.max_image_pixels)
+            image = decode_opened(header)  # the header was read and checked at admission
             decoded = time.perf_counter()
             timings = {"decode": decoded - started}
             if detect and self.detection is not None:
@@ -228,7 +229,7 @@ class PoseService:
         try:
             return await asyncio.wait_for(future, timeout=max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:
-            raise PoseError("deadline_exceeded", "the request's deadline passed while its image was being prepared",
+            raise PoseError("deadline_exceeded", "the request's deadline passed while its image was being worked on",
                             retry_after_s=self.batcher.retry_after_s) from None
 
     def _record(self, timings_s: dict[str, float], persons: int) -> None:
@@ -258,7 +259,12 @@ class PoseService:
                 results[index] = await own.run(lambda: self.estimate(item))
 
         await asyncio.gather(*(one(i, r) for i, r in pending[1:]))
-        return [r for r in results if r is not None]
+        answered: list[PoseResult | PoseError] = []
+        for result in results:  # every slot is filled: one answer per item, in order
+            assert result is not None
+            answered.append(result)
+        return answered
+
 
 def _yield_to_inference() -> None:
     """Preparation threads run at a lower CPU priority than inference. On a CPU-only host both compete for the

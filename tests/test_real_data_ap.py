@@ -137,7 +137,7 @@ def service_pipeline_results(folder: Path, images: dict, persons: list[dict]) ->
     batcher = MicroBatcher(infer=fake_infer, max_batch_size=4, max_wait_s=0.0)
     batcher.start()
     poser = PoseService(codec=PoseCodec(card), batcher=batcher, metrics=Metrics(),
-                        limits=Limits(50_000_000, 50_000_000, 100), pixels=PixelBudget(50_000_000),
+                        limits=Limits(50_000_000, 50_000_000), pixels=PixelBudget(50_000_000),
                         request_timeout_s=30)
     defaults = RequestDefaults(flip=False, max_boxes=100)
     results = []
