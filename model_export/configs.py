@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from service import coco
+from posecore import coco
 
 BLOCK_TYPES = ("BASIC", "BOTTLENECK")
 FUSE_METHODS = ("SUM",)

@@ -3,7 +3,7 @@
 Flow, as the official HRNet test (core/function.py validate + dataset/coco.py evaluate):
   person boxes (GT boxes of the annotated persons, cleaned as in training, score 1; or a COCO detection-results
   file, person category, score > IMAGE_THRE = 0.0; or a person detector ONNX run on each image, as the service
-  runs it: service.detection.PersonDetector)
+  runs it: posecore.detection.PersonDetector)
   -> per image: the service's image decode, then its pure pose codec: PoseCodec.crops (box validation,
      center/scale, affine crop, normalisation, mirrored inputs for the flip test) -> the backend ->
      PoseCodec.persons (flip-test average, argmax + quarter-pixel shift, inverse affine, rescoring: box score x
@@ -32,15 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from service import coco
-from service.backend import OrtBackend
-from service.boxes import parse_boxes
-from service.codec import PersonPose, PoseCodec
-from service.detection import PersonDetector
-from service.geometry import boxes_to_centers_scales
-from service.heatmaps import oks_nms
-from service.imaging import decode_image
-from service.modelcard import InputSpec, ModelCard, OutputSpec, WeightsInfo, read_card
+from posecore import coco
+from posecore.backend import OrtBackend
+from posecore.boxes import parse_boxes
+from posecore.codec import PersonPose, PoseCodec
+from posecore.detection import PersonDetector
+from posecore.geometry import boxes_to_centers_scales
+from posecore.heatmaps import oks_nms
+from posecore.imaging import decode_image
+from posecore.modelcard import InputSpec, ModelCard, OutputSpec, WeightsInfo, read_card
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def detected_person_boxes(detector: PersonDetector, image: ImageEntry) -> np.nda
 
 
 def usable_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, int]:
-    """Drop the boxes the service refuses (service.boxes): non-finite, empty, or wholly outside the image.
+    """Drop the boxes the service refuses (posecore.boxes): non-finite, empty, or wholly outside the image.
 
     The official code would crop those anyway (a singular matrix for an empty box); a detector emits them
     rarely, and they cannot match anyone. Returns the kept rows and how many were dropped.
@@ -334,7 +334,7 @@ def format_stats(stats: Mapping[str, float]) -> str:
 EVALUATE_DESCRIPTION = """\
 COCO keypoint AP (pycocotools COCOeval, iouType 'keypoints') of an exported HRNet ONNX model, computed with
 the service's own code: the service's image decoding, box -> center/scale, affine crop and normalisation,
-flip test, argmax + quarter-pixel decode and inverse affine (service.codec.PoseCodec), its ONNX Runtime
+flip test, argmax + quarter-pixel decode and inverse affine (posecore.codec.PoseCodec), its ONNX Runtime
 backend, then the official rescoring (box score x mean of the keypoint scores above 0.2) and OKS-NMS at 0.9
 per image.
 
@@ -416,7 +416,7 @@ def add_evaluate_parser(subparsers: Any) -> None:
 
 def run_evaluate_command(args: Any) -> int:
     """Run `evaluate` from parsed arguments; returns the process exit code."""
-    from service.backend import ModelLoadError
+    from posecore.backend import ModelLoadError
 
     for path, what in ((args.annotations, "annotation file"), (args.images, "image folder"),
                        (args.detections, "detections file")):

@@ -31,7 +31,7 @@ from model_export.checkpoint import (
 )
 from model_export.configs import ARCHS, HRNetConfig, get_config
 from model_export.hrnet import HRNet, build_hrnet
-from service.modelcard import UNTRAINED_WARNING, InputSpec, ModelCard, OutputSpec, WeightsInfo, card_path_for
+from posecore.modelcard import UNTRAINED_WARNING, InputSpec, ModelCard, OutputSpec, WeightsInfo, card_path_for
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ Train HRNet on COCO person keypoints. The defaults are the official W32 experime
 (w32_256x192_adam_lr1e-3): Adam lr 1e-3, lr x0.1 at epochs 170 and 200 of 210, batch 32, Gaussian heatmap
 targets (sigma 2; 3 for 384x288) with JointsMSELoss and target weights, augmentation: random scale 0.35,
 rotation 45 deg (p 0.6), horizontal flip, half body (p 0.3, > 8 joints). The crops and targets are built with
-the service's own geometry (service.geometry, service.heatmaps), so training matches serving.
+the service's own geometry (posecore.geometry, posecore.heatmaps), so training matches serving.
 
 Output folder (--output-dir):
   {CHECKPOINT_NAME}  after every epoch and when --max-steps stops the run: config, weights, optimizer,

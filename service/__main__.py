@@ -14,7 +14,7 @@ from pathlib import Path
 
 import uvicorn
 
-from service.errors import ModelLoadError
+from posecore.errors import ModelLoadError
 from service.http_limits import HttpLimits, LimitedHttpToolsProtocol, limited_protocol
 from service.logs import configure_logging
 from service.main import create_app, load_detector, load_model

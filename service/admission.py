@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from service.errors import PoseError
+from posecore.errors import PoseError
 
 
 class PixelReservation:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.errors import PoseError
+from posecore.errors import PoseError
 
 log = logging.getLogger(__name__)
 

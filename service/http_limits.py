@@ -30,7 +30,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from service.errors import PoseError, error_body
+from posecore.errors import PoseError, error_body
 
 log = logging.getLogger("service.http")
 

@@ -14,16 +14,16 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from posecore.backend import OrtBackend
+from posecore.codec import PoseCodec
+from posecore.detection import PersonDetector
+from posecore.errors import RETRY_AFTER_CODES, ModelLoadError, PoseError
+from posecore.modelcard import read_card
 from service.admission import PixelBudget
 from service.api import register_routes
-from service.backend import OrtBackend
 from service.batching import MicroBatcher
-from service.codec import PoseCodec
-from service.detection import PersonDetector
-from service.errors import RETRY_AFTER_CODES, ModelLoadError, PoseError
 from service.metrics import Metrics
 from service.middleware import AccessControlMiddleware, RequestContextMiddleware
-from service.modelcard import read_card
 from service.oip.errors import error_answer
 from service.serving import DetectorStage, Limits, PoseService
 from service.settings import Settings

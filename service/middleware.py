@@ -19,7 +19,7 @@ import uuid
 
 from starlette.requests import ClientDisconnect
 
-from service.errors import ERROR_STATUS, PoseError
+from posecore.errors import ERROR_STATUS, PoseError
 from service.http_limits import TRANSPORT_REFUSAL
 from service.logs import request_id_var
 from service.metrics import Metrics

@@ -20,8 +20,8 @@ import numpy as np
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
-from service.boxes import BOX_FORMATS, parse_boxes
-from service.errors import PoseError
+from posecore.boxes import BOX_FORMATS, parse_boxes
+from posecore.errors import PoseError
 
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "application/octet-stream")
 BOXES_DOC = "JSON list of person boxes, e.g. [[10, 20, 100, 200], [50, 60, 80, 160, 0.9]] (5th value: box score)"
@@ -32,7 +32,7 @@ class PoseRequest:
     """One image to estimate poses in, validated as far as can be without decoding it."""
 
     image: bytes
-    boxes: np.ndarray | None  # (N, 5) x, y, w, h, score from service.boxes; None: not given
+    boxes: np.ndarray | None  # (N, 5) x, y, w, h, score from posecore.boxes; None: not given
     flip: bool  # resolved: the caller's choice or the service default
     detect: bool = True  # without boxes: run the person detector (when one is configured)
 
@@ -68,7 +68,7 @@ def _box_format(name: str, value: Any) -> str:
 
 
 def _boxes_from_json(name: str, value: Any) -> Any:
-    """In a JSON body the boxes are a list (its rows are checked by service.boxes) or null; anything else is a
+    """In a JSON body the boxes are a list (its rows are checked by posecore.boxes) or null; anything else is a
     malformed body, not a bad box."""
     if value is not None and not isinstance(value, list):
         raise PoseError("invalid_request", f"'{name}' must be a JSON list of boxes or null")

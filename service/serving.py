@@ -24,13 +24,13 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
+from posecore.boxes import whole_image_box
+from posecore.codec import PersonPose, PoseCodec, Prepared
+from posecore.detection import PersonDetector
+from posecore.errors import PoseError
+from posecore.imaging import decode_opened, read_header
 from service.admission import PixelBudget, PixelReservation
 from service.batching import Announcement, MicroBatcher
-from service.boxes import whole_image_box
-from service.codec import PersonPose, PoseCodec, Prepared
-from service.detection import PersonDetector
-from service.errors import PoseError
-from service.imaging import decode_opened, read_header
 from service.metrics import Metrics
 from service.request import PoseRequest
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.backend import Backend, ProviderStatus
+from posecore.backend import Backend, ProviderStatus
+from posecore.modelcard import ModelCard
 from service.batching import MicroBatcher
 from service.metrics import Metrics
-from service.modelcard import ModelCard
 from service.serving import DetectorStage, PoseService
 from service.settings import Settings
 

@@ -21,8 +21,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.detection.card import COCO_CLASS_NAMES, DetectorCard, DetectorSource
-from service.detection.yolox import STRIDES
+from posecore.detection.card import COCO_CLASS_NAMES, DetectorCard, DetectorSource
+from posecore.detection.yolox import STRIDES
 
 OPSET = 17
 

@@ -201,7 +201,7 @@ def test_every_log_line_of_a_failing_request_carries_its_request_id(tiny_onnx, f
 
 
 # -- the real server's JSON logs --------------------------------------------------------------------------
-LIFECYCLE_LOGGERS = {"uvicorn.error", "service", "service.main", "service.backend"}
+LIFECYCLE_LOGGERS = {"uvicorn.error", "service", "service.main", "posecore.backend"}
 
 
 @pytest.mark.integration

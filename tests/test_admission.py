@@ -17,11 +17,11 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
+from posecore.backend import ProviderStatus
+from posecore.errors import PoseError
+from posecore.modelcard import ModelCard
 from service.admission import PixelBudget
-from service.backend import ProviderStatus
-from service.errors import PoseError
 from service.main import create_app
-from service.modelcard import ModelCard
 from service.settings import Settings
 from service.state import LoadedModel
 from tests.helpers import assert_error, free_port, jpeg_bytes

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from service.backend import choose_providers, padded_batch_sizes
+from posecore.backend import choose_providers, padded_batch_sizes
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 

@@ -226,7 +226,7 @@ def test_odd_but_valid_images_are_decoded_like_their_rgb_equivalent(client, name
 
 def test_16bit_png_keeps_the_high_byte():
     pixels = photo(seed=6).astype(np.uint16) * 257 + 3
-    from service.imaging import decode_image
+    from posecore.imaging import decode_image
 
     decoded = decode_image(png_rgb16(pixels), 10**7, 10**7)
     assert decoded.dtype == np.uint8 and np.array_equal(decoded, (pixels >> 8).astype(np.uint8))

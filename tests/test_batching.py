@@ -15,8 +15,8 @@ import time
 import numpy as np
 import pytest
 
+from posecore.errors import PoseError
 from service.batching import MicroBatcher
-from service.errors import PoseError
 
 
 class FakeBackend:

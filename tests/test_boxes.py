@@ -1,12 +1,12 @@
-"""service.boxes: the one place where a caller's boxes are parsed and validated."""
+"""posecore.boxes: the one place where a caller's boxes are parsed and validated."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from service.boxes import fit_to_image, parse_boxes, validate_boxes
-from service.errors import PoseError
+from posecore.boxes import fit_to_image, parse_boxes, validate_boxes
+from posecore.errors import PoseError
 
 
 def test_validate_boxes_accepts_scores_and_partly_outside_boxes():

@@ -130,7 +130,7 @@ def test_dockerignore_keeps_context_small() -> None:
     patterns = (ROOT / ".dockerignore").read_text().split()
     assert patterns[patterns.index("*") if "*" in patterns else 0] == "*"  # whitelist: everything out, then ...
     included = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
-    assert {"pyproject.toml", "README.md", "service", "model_export", "docker"} <= included, included
+    assert {"pyproject.toml", "README.md", "posecore", "service", "model_export", "docker"} <= included, included
     assert not included & {".git", ".venv", "models", "tests"}
 
 

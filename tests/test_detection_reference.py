@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.detection import boxes_to_image, end2end, letterbox, yolox
-from service.detection.nms import finish_boxes, nms_keep
-from service.imaging import decode_image
+from posecore.detection import boxes_to_image, end2end, letterbox, yolox
+from posecore.detection.nms import finish_boxes, nms_keep
+from posecore.imaging import decode_image
 from tests.helpers import require_shared
 
 FIXTURE = Path(__file__).parent / "fixtures" / "detection" / "detection_reference.npz"

@@ -1,6 +1,6 @@
 """README stays true to the code: every setting documented, every error code documented."""
 
-from service.errors import ERROR_STATUS
+from posecore.errors import ERROR_STATUS
 from service.settings import Settings
 from tests.helpers import ROOT
 

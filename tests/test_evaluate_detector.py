@@ -16,7 +16,7 @@ import pytest
 from model_export.__main__ import main
 from model_export.data.dataset import load_coco
 from model_export.evaluate import LocalRunner, evaluate, load_images
-from service.detection import PersonDetector
+from posecore.detection import PersonDetector
 from tests.detector_model import SCENE_INPUT_HW, build_scene_detector, letterbox_ratio
 from tests.helpers import dataset_paths
 

@@ -17,8 +17,8 @@ from model_export.checkpoint import CheckpointMismatch, file_sha256
 from model_export.configs import get_config
 from model_export.export import export_onnx
 from model_export.hrnet import HRNet, build_hrnet
-from service import coco
-from service.modelcard import UNTRAINED_WARNING, ModelCard, card_path_for
+from posecore import coco
+from posecore.modelcard import UNTRAINED_WARNING, ModelCard, card_path_for
 from tests.helpers import ROOT, require_shared
 
 SEED = 5

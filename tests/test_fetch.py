@@ -38,7 +38,7 @@ from model_export.fetch.registry import (
     url_file_name,
 )
 from model_export.hrnet import HRNet, build_hrnet
-from service.modelcard import ModelCard, card_path_for
+from posecore.modelcard import ModelCard, card_path_for
 from tests.helpers import REFERENCE
 
 FILE = "tiny_hrnet_coco_256x192-{prefix}_20260101.pth"

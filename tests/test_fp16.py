@@ -8,7 +8,7 @@ import pytest
 
 from model_export.export import ExportCheckFailed, export_onnx
 from model_export.fp16 import FP16_RELATIVE_TOLERANCE
-from service.backend import OrtBackend
+from posecore.backend import OrtBackend
 from tests.helpers import require_shared
 
 

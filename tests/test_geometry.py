@@ -1,4 +1,4 @@
-"""service.geometry against the official HRNet fixtures (../shared/reference/affine_cases.npz)."""
+"""posecore.geometry against the official HRNet fixtures (../shared/reference/affine_cases.npz)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from service.coco import IMAGENET_MEAN, IMAGENET_STD
-from service.geometry import (
+from posecore.coco import IMAGENET_MEAN, IMAGENET_STD
+from posecore.geometry import (
     box_to_center_scale,
     boxes_to_centers_scales,
     crop_person,

@@ -14,9 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageFile
 
-from service.decode_work import MAX_BMP_RLE_BYTES, MAX_JPEG_SCANS, MAX_PNG_CHUNKS, count_jpeg_scans
-from service.errors import PoseError
-from service.imaging import decode_image
+from posecore.decode_work import MAX_BMP_RLE_BYTES, MAX_JPEG_SCANS, MAX_PNG_CHUNKS, count_jpeg_scans
+from posecore.errors import PoseError
+from posecore.imaging import decode_image
 from service.main import create_app
 from service.settings import Settings
 from tests.helpers import assert_error, encode, photo

@@ -1,12 +1,12 @@
-"""service.heatmaps against the official HRNet fixtures (decode_cases, flip_cases, tiny_forward)."""
+"""posecore.heatmaps against the official HRNet fixtures (decode_cases, flip_cases, tiny_forward)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from service.coco import FLIP_PAIRS, OKS_SIGMAS
-from service.heatmaps import (
+from posecore.coco import FLIP_PAIRS, OKS_SIGMAS
+from posecore.heatmaps import (
     decode_heatmaps,
     flip_back,
     flip_test_average,

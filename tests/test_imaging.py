@@ -1,4 +1,4 @@
-"""service.imaging: formats, pixel modes, EXIF orientation, limits and refusals (images made here)."""
+"""posecore.imaging: formats, pixel modes, EXIF orientation, limits and refusals (images made here)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from service.errors import PoseError
-from service.imaging import decode_image, encode_image
+from posecore.errors import PoseError
+from posecore.imaging import decode_image, encode_image
 from tests.helpers import encode
 
 MAX_BYTES = 5_000_000

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.backend import ProviderStatus
-from service.errors import PoseError
+from posecore.backend import ProviderStatus
+from posecore.errors import PoseError
 from service.main import create_app, load_model
 from service.oip.encoding import inflate
 from service.oip.tensors import (

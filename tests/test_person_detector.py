@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.backend import ModelLoadError
-from service.detection import DetectorCard, DetectorLoadError, DetectorSource, PersonDetector, letterbox
-from service.detection.shapes import TensorInfo, infer_card
-from service.detection.yolox import MAX_NMS_CANDIDATES, person_detections
+from posecore.backend import ModelLoadError
+from posecore.detection import DetectorCard, DetectorLoadError, DetectorSource, PersonDetector, letterbox
+from posecore.detection.shapes import TensorInfo, infer_card
+from posecore.detection.yolox import MAX_NMS_CANDIDATES, person_detections
 from tests.detector_model import (
     SCENE_INPUT_HW,
     SyntheticObject,

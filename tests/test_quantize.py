@@ -27,9 +27,9 @@ from model_export.quantize.calibration import make_crops, read_person_boxes, spl
 from model_export.quantize.graph import ModelNotQuantizable, upgrade_opset
 from model_export.quantize.quantizer import AgreementTooLow, QuantizeSettings, quantize_model
 from model_export.train import config_with_input
-from service.backend import OrtBackend
+from posecore.backend import OrtBackend
+from posecore.modelcard import ModelCard, card_path_for, read_card
 from service.main import create_app
-from service.modelcard import ModelCard, card_path_for, read_card
 from service.settings import Settings
 from tests.helpers import jpeg_bytes, require_shared
 

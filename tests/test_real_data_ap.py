@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from model_export.evaluate import coco_keypoint_stats
-from service.boxes import validate_boxes
-from service.geometry import boxes_to_centers_scales, get_affine_transform
-from service.heatmaps import decode_heatmaps, rescore_person
-from service.imaging import decode_image
+from posecore.boxes import validate_boxes
+from posecore.geometry import boxes_to_centers_scales, get_affine_transform
+from posecore.heatmaps import decode_heatmaps, rescore_person
+from posecore.imaging import decode_image
 from tests.helpers import DATASETS, dataset_paths
 
 pytest.importorskip("pycocotools", reason="pycocotools (the 'export' extra) is not installed")
@@ -120,11 +120,11 @@ def service_pipeline_results(folder: Path, images: dict, persons: list[dict]) ->
     import asyncio
     from collections import deque
 
+    from posecore.codec import PoseCodec
+    from posecore.modelcard import ModelCard
     from service.admission import PixelBudget
     from service.batching import MicroBatcher
-    from service.codec import PoseCodec
     from service.metrics import Metrics
-    from service.modelcard import ModelCard
     from service.request import RequestDefaults, build_request
     from service.serving import Limits, PoseService
 

@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-from service.backend import ProviderStatus  # noqa: E402
+from posecore.backend import ProviderStatus  # noqa: E402
 from service.main import create_app, load_model  # noqa: E402
 from service.settings import Settings  # noqa: E402
 

@@ -12,9 +12,9 @@ import onnx
 import pytest
 from fastapi.testclient import TestClient
 
-from service import heatmaps
-from service.backend import OrtBackend
-from service.coco import FLIP_PAIRS
+from posecore import heatmaps
+from posecore.backend import OrtBackend
+from posecore.coco import FLIP_PAIRS
 from service.main import create_app
 from service.settings import Settings
 from tests.helpers import ROOT, assert_error, jpeg_bytes, require_shared

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.backend import ProviderStatus
-from service.coco import KEYPOINT_NAMES, SKELETON
+from posecore.backend import ProviderStatus
+from posecore.coco import KEYPOINT_NAMES, SKELETON
+from posecore.modelcard import ModelCard
 from service.main import create_app
-from service.modelcard import ModelCard
 from service.render import LIMB_COLOR
 from service.settings import Settings
 from service.state import LoadedModel

@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("service", "model_export")
+PACKAGES = ("posecore", "service", "model_export")
 
 
 def module_name(path: Path) -> str:
@@ -87,7 +87,7 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_pure_layers_import_no_web_or_thread_machinery():
     modules = project_modules()
-    for pure in ("service.codec", "service.geometry", "service.heatmaps", "service.boxes", "service.imaging"):
+    for pure in ("posecore.codec", "posecore.geometry", "posecore.heatmaps", "posecore.boxes", "posecore.imaging"):
         source = modules[pure].read_text()
         tree = ast.parse(source)
         imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)

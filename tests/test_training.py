@@ -33,10 +33,10 @@ from model_export.export import export_onnx
 from model_export.hrnet import HRNet, build_hrnet
 from model_export.loss import JointsMSELoss
 from model_export.train import TrainSettings, build_train_set, config_with_input, train
-from service import coco
-from service.geometry import get_affine_transform
-from service.heatmaps import get_max_preds
-from service.modelcard import ModelCard, card_path_for
+from posecore import coco
+from posecore.geometry import get_affine_transform
+from posecore.heatmaps import get_max_preds
+from posecore.modelcard import ModelCard, card_path_for
 from tests.helpers import DATASETS, ROOT, dataset_paths
 from tests.live_server import LiveServer
 

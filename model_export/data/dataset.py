@@ -3,7 +3,7 @@
 One sample is one annotated person: the cleaned GT box -> center/scale (1.25 padding), optional half-body,
 random scale / rotation / horizontal flip, the affine crop, and Gaussian heatmap targets with a weight per
 joint. The box -> center/scale, the affine matrix, the normalisation and the Gaussian target are the
-service's own functions (service.geometry, service.heatmaps), imported, so training sees exactly the crops
+service's own functions (posecore.geometry, posecore.heatmaps), imported, so training sees exactly the crops
 the service will feed the exported model.
 
 Randomness: each sample draws from its own numpy Generator seeded by (seed, epoch, index), so a run is
@@ -25,10 +25,10 @@ import torch
 from torch.utils.data import Dataset
 
 from model_export.configs import HRNetConfig
-from service import coco
-from service.geometry import boxes_to_centers_scales, get_affine_transform, normalize_crops
-from service.heatmaps import gaussian_heatmaps
-from service.modelcard import InputSpec
+from posecore import coco
+from posecore.geometry import boxes_to_centers_scales, get_affine_transform, normalize_crops
+from posecore.heatmaps import gaussian_heatmaps
+from posecore.modelcard import InputSpec
 
 # Official dataset/coco.py: upper_body_ids = (0..10), everything else is the lower body.
 UPPER_BODY_JOINTS: tuple[int, ...] = tuple(range(11))

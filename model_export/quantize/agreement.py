@@ -1,7 +1,7 @@
 """How far a quantized model's answers are from its float parent's, on the same real crops.
 
 Both models run through the service's backend (`OrtBackend`, real int8 kernels with all graph optimisations on)
-and both heatmaps go through the official decode (`service.heatmaps.decode_heatmaps`: argmax, quarter-pixel
+and both heatmaps go through the official decode (`posecore.heatmaps.decode_heatmaps`: argmax, quarter-pixel
 shift, inverse affine), so the distances are the ones a caller of the service would see, in image pixels.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from model_export.quantize.calibration import CropSet
-from service.backend import OrtBackend
-from service.heatmaps import decode_heatmaps
+from posecore.backend import OrtBackend
+from posecore.heatmaps import decode_heatmaps
 
 # Heatmap maxima above this are the joints the service's person score counts (as the official rescoring does).
 CONFIDENT_SCORE = 0.2

@@ -2,7 +2,7 @@
 
 Person boxes come from an annotations JSON: COCO (`images[].file_name`, `annotations[].bbox`, crowd boxes skipped)
 or the `people` index of ../shared/data (`images[].file`, `images[].person_boxes_xywh`). Each image is decoded by
-`service.imaging.decode_image` and each box goes through `service.geometry` (box -> center/scale -> affine crop ->
+`posecore.imaging.decode_image` and each box goes through `posecore.geometry` (box -> center/scale -> affine crop ->
 normalise) exactly as a request's would, so calibration sees what the served model sees. Images, not crops, are
 split into calibration and held-out sets, so no photo's persons land on both sides.
 """
@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from service import geometry
-from service.imaging import decode_image
-from service.modelcard import ModelCard
+from posecore import geometry
+from posecore.imaging import decode_image
+from posecore.modelcard import ModelCard
 
 # Boxes under this many pixels on a side are label noise rather than persons a caller would send.
 MIN_BOX_SIDE = 8.0

@@ -10,7 +10,7 @@ from typing import Any
 from model_export.quantize.calibration import CalibrationDataError
 from model_export.quantize.graph import ModelNotQuantizable
 from model_export.quantize.quantizer import METHODS, REPORT_SUFFIX, AgreementTooLow, QuantizeSettings, quantize_model
-from service.errors import ModelLoadError
+from posecore.errors import ModelLoadError
 
 DESCRIPTION = f"""\
 Static INT8 quantization (ONNX QDQ) of a float32 top-down pose model for CPUs, calibrated on real person crops.

@@ -40,8 +40,8 @@ from model_export.quantize.calibration import (
 )
 from model_export.quantize.graph import default_opset, find_float_layers, pre_process, upgrade_opset
 from model_export.quantize.layers import LayerError, layer_errors, sensitive_layers
-from service.backend import OrtBackend
-from service.modelcard import ModelCard, QuantizationInfo, card_path_for, read_card
+from posecore.backend import OrtBackend
+from posecore.modelcard import ModelCard, QuantizationInfo, card_path_for, read_card
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from service.errors import PoseError
+from posecore.errors import PoseError
 from service.request import RequestDefaults
 from service.serving import PoseService
 from service.state import ServiceState

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from posecore.detection import PersonDetector
+from posecore.errors import PoseError
 from service.api.deps import service_state
-from service.detection import PersonDetector
-from service.errors import PoseError
 from service.schemas import DetectorInfo, ErrorResponse, ModelCardResponse
 
 router = APIRouter(tags=["model"])

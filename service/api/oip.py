@@ -8,10 +8,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from posecore.errors import PoseError
 from service.api.deps import ready_service, request_defaults, service_state
 from service.api.openapi import error_responses
 from service.api.pose import cancel_on_disconnect
-from service.errors import PoseError
 from service.oip import contract
 from service.oip.encoding import inflate
 from service.oip.schemas import (

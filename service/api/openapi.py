@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from service.errors import ERROR_STATUS, RETRY_AFTER_CODES
+from posecore.errors import ERROR_STATUS, RETRY_AFTER_CODES
 
 RETRY_AFTER_HEADER = {"Retry-After": {"description": "Seconds to wait before retrying.",
                                        "schema": {"type": "integer", "minimum": 1}}}

@@ -14,11 +14,11 @@ import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
+from posecore.codec import PersonPose
+from posecore.errors import PoseError
+from posecore.imaging import encode_image
 from service.api.deps import ready_service, request_defaults, service_state
 from service.api.openapi import error_responses
-from service.codec import PersonPose
-from service.errors import PoseError
-from service.imaging import encode_image
 from service.render import draw_poses
 from service.request import RequestDefaults, batch_body, read_batch_request, read_pose_request, single_body
 from service.schemas import BatchResponse, ErrorResponse, PoseResponse

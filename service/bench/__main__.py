@@ -23,14 +23,14 @@ from pathlib import Path
 
 import onnxruntime
 
-from service.backend import OrtBackend
+from posecore.backend import OrtBackend
+from posecore.modelcard import read_card
 from service.bench import baselines
 from service.bench.detect_phase import BarePhotoPhase, describe, detector_env
 from service.bench.http_load import http_load, peak_rss_bytes, running_service, stage_means_ms, stage_totals
 from service.bench.int8 import describe_int8, int8_ratios, int8_verdicts
 from service.bench.stats import Phase
 from service.bench.workload import DEFAULT_PEOPLE_DIR, load_photos
-from service.modelcard import read_card
 
 STAGE_ORDER = ("decode", "detect", "preprocess", "queue", "inference", "postprocess")
 TARGETS = {  # issue 4, 2-core CPU, W32 256x192

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from service.backend import OrtBackend
+from posecore.backend import OrtBackend
+from posecore.boxes import parse_boxes
+from posecore.codec import PoseCodec
+from posecore.imaging import decode_image
+from posecore.modelcard import ModelCard
 from service.bench.stats import Phase
 from service.bench.workload import Photo
-from service.boxes import parse_boxes
-from service.codec import PoseCodec
-from service.imaging import decode_image
-from service.modelcard import ModelCard
 
 
 def model_only(backend: OrtBackend, batch_size: int, budget_s: float) -> Phase:

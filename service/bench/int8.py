@@ -3,8 +3,8 @@ as the fp32 service, so that the speed-up is a ratio from one run on one machine
 
 from __future__ import annotations
 
+from posecore.modelcard import ModelCard
 from service.bench.stats import Phase
-from service.modelcard import ModelCard
 
 TARGET_SPEEDUP = 1.7  # issue 14: INT8 W32 service crops/s over the fp32 service's, 4 clients, 2-core CPU
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import PoseError
+from posecore.errors import PoseError
 from service.oip.tensors import BYTES, InferRequest, OutputTensor, Tensor, bad
 from service.request import FIELDS, PoseRequest, RequestDefaults, build_request
 from service.serving import PoseResult

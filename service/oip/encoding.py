@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import zlib
 
-from service.errors import PoseError
+from posecore.errors import PoseError
 
 WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 

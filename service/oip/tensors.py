@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import PoseError
+from posecore.errors import PoseError
 
 # v2 datatype -> little-endian numpy dtype. BF16 has no numpy type and is not served here.
 NUMPY_TYPES: dict[str, str] = {

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service import geometry, heatmaps
-from service.boxes import fit_to_image
-from service.modelcard import ModelCard
+from posecore import geometry, heatmaps
+from posecore.boxes import fit_to_image
+from posecore.modelcard import ModelCard
 
 
 @dataclass
@@ -49,7 +49,7 @@ class PoseCodec:
         self.flip_pairs = card.flip_pairs
 
     def crops(self, image_rgb: np.ndarray, boxes: np.ndarray, flip: bool) -> Prepared:
-        """RGB uint8 (H, W, 3) and parsed boxes (N, 5: x, y, w, h, score; see service.boxes) -> network input.
+        """RGB uint8 (H, W, 3) and parsed boxes (N, 5: x, y, w, h, score; see posecore.boxes) -> network input.
 
         Raises PoseError invalid_boxes for boxes that do not fit the image.
         """

@@ -13,8 +13,8 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-from service import coco
-from service.errors import ModelLoadError
+from posecore import coco
+from posecore.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 

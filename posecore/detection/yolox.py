@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from service.detection.nms import nms_keep
+from posecore.detection.nms import nms_keep
 
 STRIDES = (8, 16, 32)
 # NMS is quadratic in its candidates: a trained detector at a 0.3 threshold gives tens, a random-init or confused

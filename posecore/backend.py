@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
-from service.errors import ModelLoadError
+from posecore.errors import ModelLoadError
 
 __all__ = ["Backend", "ModelLoadError", "OrtBackend", "ProviderStatus", "open_session"]
 

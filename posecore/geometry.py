@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from service.coco import BOX_PADDING, PIXEL_STD
+from posecore.coco import BOX_PADDING, PIXEL_STD
 
 ArrayLike = np.ndarray | Sequence[float]
 
@@ -83,7 +83,7 @@ def get_affine_transform(
     Three float32 points (center, a point half the box width above it, and the right-angle third point) are
     mapped with cv2.getAffineTransform. Only scale[0] is used, so the mapping is isotropic: the official
     code ignores scale[1] (the box was already grown to the output aspect ratio). A zero scale makes the
-    forward matrix singular (cv2 answers all zeros); service.boxes refuses zero-size boxes for that reason.
+    forward matrix singular (cv2 answers all zeros); posecore.boxes refuses zero-size boxes for that reason.
     """
     center = np.asarray(center)
     scale = np.asarray(scale)

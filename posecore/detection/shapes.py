@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.detection.card import COCO_CLASS_NAMES, DetectorCard, DetectorLoadError, Layout
-from service.detection.yolox import num_anchors
+from posecore.detection.card import COCO_CLASS_NAMES, DetectorCard, DetectorLoadError, Layout
+from posecore.detection.yolox import num_anchors
 
 Dim = int | str | None
 

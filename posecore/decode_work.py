@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 
-from service.errors import PoseError
+from posecore.errors import PoseError
 
 MAX_JPEG_SCANS = 100
 MAX_JPEG_SEGMENTS = 4096  # a photo has tens; split ICC/XMP metadata a few hundred at most

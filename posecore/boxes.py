@@ -2,7 +2,7 @@
 
 Every front door (multipart form, raw body, batch JSON, the Open Inference Protocol's FP32 tensor) hands its raw
 boxes to `parse_boxes`; the rules that need the image's size run in `fit_to_image` once the header is read.
-Geometry (`service/geometry.py`) then only does math on boxes that passed.
+Geometry (`posecore/geometry.py`) then only does math on boxes that passed.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import PoseError
-from service.geometry import xyxy_to_xywh
+from posecore.errors import PoseError
+from posecore.geometry import xyxy_to_xywh
 
 BOX_FORMATS = ("xywh", "xyxy")
 # Detector scores are probabilities or logits; a larger one is a mistake and would overflow the rescored

@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from service.coco import OKS_SIGMAS
-from service.geometry import heatmap_to_image
+from posecore.coco import OKS_SIGMAS
+from posecore.geometry import heatmap_to_image
 
 
 def get_max_preds(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

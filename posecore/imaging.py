@@ -14,8 +14,8 @@ import io
 import numpy as np
 from PIL import BmpImagePlugin, Image, ImageOps, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
-from service.decode_work import check_decoding_work
-from service.errors import PoseError
+from posecore.decode_work import check_decoding_work
+from posecore.errors import PoseError
 
 # The image classes are used directly instead of Image.open: no other plugin ever sees the bytes, a
 # multi-picture JPEG (MPO, common from phone cameras) decodes as its primary image instead of turning into
@@ -97,7 +97,7 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
 
     The array is a read-only view of the decoded pixels (no extra copy); copy it before drawing on it.
     Raises PoseError: empty_image, image_too_large, unsupported_image_format, corrupt_image,
-    image_too_complex (decoding work bounded from the file's structure first: service/decode_work.py),
+    image_too_complex (decoding work bounded from the file's structure first: posecore/decode_work.py),
     image_too_many_pixels, animated_image_unsupported.
     """
     return decode_opened(read_header(data, max_bytes, max_pixels))

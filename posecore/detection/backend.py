@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from service.backend import ModelLoadError, batch_shapes, open_session, run_in_padded_batches
-from service.detection import end2end, yolox
-from service.detection.card import DetectorCard, DetectorLoadError, read_detector_card
-from service.detection.letterbox import PAD_VALUE, letterbox
-from service.detection.nms import finish_boxes
-from service.detection.shapes import TensorInfo, detector_io, infer_card
+from posecore.backend import ModelLoadError, batch_shapes, open_session, run_in_padded_batches
+from posecore.detection import end2end, yolox
+from posecore.detection.card import DetectorCard, DetectorLoadError, read_detector_card
+from posecore.detection.letterbox import PAD_VALUE, letterbox
+from posecore.detection.nms import finish_boxes
+from posecore.detection.shapes import TensorInfo, detector_io, infer_card
 
 log = logging.getLogger(__name__)
 

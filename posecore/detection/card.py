@@ -1,7 +1,7 @@
 """The detector card: NAME.json beside NAME.onnx, saying how to feed the detector and read its output.
 
 The `fetch` command writes this exact form for the detectors it downloads; the service and the evaluation read
-it. A bare ONNX file gets a card inferred from its input and output shapes (`service.detection.shapes`).
+it. A bare ONNX file gets a card inferred from its input and output shapes (`posecore.detection.shapes`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from service.backend import ModelLoadError
+from posecore.backend import ModelLoadError
 
 DETECTOR_CARD_FORMAT = "pose-detector-card/1"
 DEFAULT_SCORE_THRESHOLD = 0.3

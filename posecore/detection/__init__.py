@@ -4,15 +4,15 @@ Pure pieces (letterbox and its inverse, YOLOX head decoding, NMS, the end2end fo
 `PersonDetector`, the ONNX Runtime session around them. See README, "Person detector".
 """
 
-from service.detection.backend import DEFAULT_MAX_BOXES, MIN_BOX_SIDE, PersonDetector
-from service.detection.card import (
+from posecore.detection.backend import DEFAULT_MAX_BOXES, MIN_BOX_SIDE, PersonDetector
+from posecore.detection.card import (
     DETECTOR_CARD_FORMAT,
     DetectorCard,
     DetectorLoadError,
     DetectorSource,
     read_detector_card,
 )
-from service.detection.letterbox import boxes_to_image, letterbox
+from posecore.detection.letterbox import boxes_to_image, letterbox
 
 __all__ = [
     "DEFAULT_MAX_BOXES",
