@@ -8,8 +8,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from posecore.contract import ErrorResponse
 from service.api.deps import service_state
-from service.schemas import ErrorResponse, HealthResponse
+from service.schemas import HealthResponse
 
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing or wrong API key (when POSE_AUTH_PROBES=true)"}

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from posecore.contract import ErrorResponse
 from posecore.detection import PersonDetector
 from posecore.errors import PoseError
 from service.api.deps import service_state
-from service.schemas import DetectorInfo, ErrorResponse, ModelCardResponse
+from service.schemas import DetectorInfo, ModelCardResponse
 
 router = APIRouter(tags=["model"])
 
