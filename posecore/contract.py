@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 BoxFormat = Literal["xywh", "xyxy"]
 BOX_FORMATS: tuple[str, ...] = ("xywh", "xyxy")
+DEFAULT_MAX_BOXES = 100  # person boxes per image: the service's POSE_MAX_BOXES default, its detector's cap
 BOXES_DESCRIPTION = ("JSON list of person boxes, e.g. [[10, 20, 100, 200], [50, 60, 80, 160, 0.9]] (5th value: box "
                      "score). Omitted: the detector finds the people, or without one the whole image is one person; "
                      "[]: nobody.")
