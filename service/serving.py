@@ -150,7 +150,7 @@ class PoseService:
             timings = dict(decoded.timings_s)
             if len(prepared.inputs):
                 batch = await self.batcher.submit(prepared.inputs, deadline, announcement)
-                maps = batch.heatmaps
+                maps = batch.outputs
                 timings |= {"queue": batch.queue_s, "inference": batch.inference_s}
             else:  # an explicit empty box list, or nobody detected: nobody to look at
                 announcement.release()
@@ -209,7 +209,7 @@ class PoseService:
             try:
                 began = time.perf_counter()
                 height, width = decoded.image.shape[:2]
-                boxes = detection.detector.boxes(batch.heatmaps[0], decoded.ratio, (width, height))
+                boxes = detection.detector.boxes(batch.outputs[0], decoded.ratio, (width, height))
                 cropping = time.perf_counter()
                 prepared = self.codec.crops(decoded.image, boxes, request.flip)
                 timings = {**decoded.timings_s, "preprocess": time.perf_counter() - cropping}
