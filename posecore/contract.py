@@ -8,6 +8,7 @@ tests/test_contract.py. Nothing here imports numpy, ONNX Runtime or the web fram
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,6 +19,25 @@ DEFAULT_MAX_BOXES = 100  # person boxes per image: the service's POSE_MAX_BOXES 
 BOXES_DESCRIPTION = ("JSON list of person boxes, e.g. [[10, 20, 100, 200], [50, 60, 80, 160, 0.9]] (5th value: box "
                      "score). Omitted: the detector finds the people, or without one the whole image is one person; "
                      "[]: nobody.")
+
+
+class Stage(str, Enum):
+    """The pipeline's stages, in order: the keys of `timings_ms`, of the Server-Timing header and of the
+    pose_stage_duration_seconds series. `detect` runs only for an image without boxes on a service with a
+    person detector."""
+
+    DECODE = "decode"
+    DETECT = "detect"
+    PREPROCESS = "preprocess"
+    QUEUE = "queue"
+    INFERENCE = "inference"
+    POSTPROCESS = "postprocess"
+
+    def __str__(self) -> str:  # the name on the wire, in f-strings and labels alike (as StrEnum, 3.11+)
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
 
 # -- request ------------------------------------------------------------------------------------------------
@@ -83,8 +103,7 @@ class PoseResponse(_Answer):
     model: ModelInfo
     flip: bool
     persons: list[Person]
-    timings_ms: dict[str, float] = Field(description="Per-stage latency: decode, preprocess, queue, inference, "
-                                         "postprocess.")
+    timings_ms: dict[str, float] = Field(description=f"Per-stage latency: {', '.join(map(str, Stage))}.")
 
 
 class BatchItemResult(_Answer):

@@ -5,9 +5,9 @@ The routers only serialise what these return (`answer_bytes`); OpenAPI documents
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from posecore.contract import BatchItemResult, BatchResponse, ModelInfo, PoseResponse
+from posecore.contract import BatchItemResult, BatchResponse, ModelInfo, PoseResponse, Stage
 from posecore.errors import PoseError
 from service.serving import PoseResult
 from service.state import LoadedModel
@@ -19,8 +19,8 @@ def model_info(model: LoadedModel) -> ModelInfo:
                      warning=card.warning)
 
 
-def timings_ms(timings_s: dict[str, float]) -> dict[str, float]:
-    return {stage: round(seconds * 1000, 3) for stage, seconds in timings_s.items()}
+def timings_ms(timings_s: Mapping[Stage, float]) -> dict[str, float]:
+    return {stage.value: round(seconds * 1000, 3) for stage, seconds in timings_s.items()}
 
 
 def pose_response(result: PoseResult, model: ModelInfo, keypoint_names: Sequence[str]) -> PoseResponse:

@@ -75,3 +75,15 @@ def test_client_options_are_sent_by_their_contract_names() -> None:
     assert pose_client.PoseOptions().form_fields() == {"box_format": "xywh"}  # None: the service decides
     with pytest.raises(ValueError, match="box_format"):
         pose_client.PoseOptions(box_format="cxcywh")
+
+
+def test_a_stage_is_its_name_on_the_wire() -> None:
+    """Stages key timings_ms, the Server-Timing header and the stage label: each must read as its bare name."""
+    assert [str(stage) for stage in contract.Stage] == ["decode", "detect", "preprocess", "queue", "inference",
+                                                        "postprocess"]
+    assert f"{contract.Stage.QUEUE};dur=1" == "queue;dur=1"
+    answer = contract.PoseResponse.model_validate({
+        "image": {"width": 1, "height": 1}, "flip": False, "persons": [],
+        "model": {"name": "m", "arch": "a", "trained": False, "provider": "cpu"},
+        "timings_ms": {contract.Stage.DECODE: 1.0}})
+    assert '"timings_ms":{"decode":1.0}' in answer.model_dump_json()

@@ -24,6 +24,7 @@ from pathlib import Path
 import onnxruntime
 
 from posecore.backend import OrtBackend
+from posecore.contract import Stage
 from posecore.modelcard import read_card
 from service.bench import baselines
 from service.bench.detect_phase import BarePhotoPhase, describe, detector_env
@@ -32,7 +33,7 @@ from service.bench.int8 import describe_int8, int8_ratios, int8_verdicts
 from service.bench.stats import Phase
 from service.bench.workload import DEFAULT_PEOPLE_DIR, load_photos
 
-STAGE_ORDER = ("decode", "detect", "preprocess", "queue", "inference", "postprocess")
+STAGE_ORDER = tuple(Stage)
 TARGETS = {  # issue 4, 2-core CPU, W32 256x192
     "service_over_ceiling": 0.95,
     "service_over_torch_eager": 1.7,
@@ -190,7 +191,7 @@ def markdown(result: dict, r: dict[str, float], v: dict[str, bool], env: dict) -
         lines += ["", result["bare_photo"]]
     lines += ["", f"Ceiling sweep (crops/s by batch size): {result['sweep']}", "",
               "Where a service request's time goes (mean ms per request, by stage):", "",
-              "| phase | " + " | ".join(STAGE_ORDER) + " |", "|---|" + "---:|" * len(STAGE_ORDER)]
+              "| phase | " + " | ".join(map(str, STAGE_ORDER)) + " |", "|---|" + "---:|" * len(STAGE_ORDER)]
     for key, means in result["stages_ms"].items():
         cells = " | ".join(str(means.get(s, "")) for s in STAGE_ORDER)
         lines.append(f"| {result['phases'][key].name} | {cells} |")
