@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from posecore.errors import PoseError
+from posecore.errors import RETRY_AFTER_S, PoseError
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class MicroBatcher:
         max_wait_s: float = 0.002,
         max_queue_items: int = 64,
         metrics=None,
-        retry_after_s: float = 1.0,
+        retry_after_s: float = RETRY_AFTER_S["overloaded"],
         name: str = "batcher",
         unit: str = "items",
     ) -> None:

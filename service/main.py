@@ -24,7 +24,7 @@ from service.api import register_routes
 from service.batching import MicroBatcher
 from service.metrics import Metrics
 from service.middleware import AccessControlMiddleware, RequestContextMiddleware
-from service.oip.errors import error_answer
+from service.refusals import refusal_answer
 from service.serving import DetectorStage, Limits, PoseService
 from service.settings import Settings
 from service.state import LoadedModel, ServiceState
@@ -161,9 +161,8 @@ def read_api_keys(settings: Settings) -> list[str]:
 
 def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     def respond(request: Request, error: PoseError) -> Response:
-        metrics.errors.labels(code=error.code).inc()
         request_id = getattr(request.state, "request_id", "-")
-        status, headers, body = error_answer(request.url.path, error, request_id)  # /v2: the protocol's form
+        status, headers, body = refusal_answer(metrics, request.url.path, error, request_id)
         return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
 
     @app.exception_handler(PoseError)

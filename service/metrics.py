@@ -52,6 +52,11 @@ class Metrics:
             ["model", "arch", "trained", "provider"], registry=r,
         )
 
+    def count_error(self, code: str) -> None:
+        """A refusal or failure, by its stable code: answered by the app, by the HTTP protocol before it, or
+        unanswered because the client left (client_disconnected); for a batch call, each failed item too."""
+        self.errors.labels(code=code).inc()
+
     def observe_request(self, timings_s: Mapping[Stage, float], persons: int) -> None:
         """One answered image: each stage's latency, and how many persons it held."""
         for stage, seconds in timings_s.items():

@@ -19,7 +19,7 @@ router = APIRouter(tags=["model"])
 async def model_card(request: Request) -> ModelCardResponse:
     state = service_state(request)
     if state.model is None:
-        raise PoseError("not_ready", "the model is not loaded yet", retry_after_s=5)
+        raise PoseError("not_ready", "the model is not loaded yet")
     card, backend = state.model.card, state.model.backend
     return ModelCardResponse(
         name=card.name,

@@ -70,10 +70,10 @@ async def pose_batch(request: Request, defaults: RequestDefaults = Depends(reque
                      poser: PoseService = Depends(ready_service)) -> Response:
     items = await read_batch_request(request, defaults, service_state(request).settings.max_batch_items)
     outcomes = await cancel_on_disconnect(request, poser.estimate_many(items))
-    errors = service_state(request).metrics.errors
+    metrics = service_state(request).metrics
     for outcome in outcomes:
-        if isinstance(outcome, PoseError):  # a failed item is counted here; a failed request by the middleware
-            errors.labels(code=outcome.code).inc()
+        if isinstance(outcome, PoseError):  # a failed item is counted here; a failed call where it is answered
+            metrics.count_error(outcome.code)
     answer = batch_response(outcomes, served_model(request), poser.codec.card.keypoints)
     return Response(answer_bytes(answer), media_type="application/json")
 
