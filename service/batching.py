@@ -84,9 +84,9 @@ class MicroBatcher:
         self,
         *,
         infer: Callable[[np.ndarray], np.ndarray],
-        max_batch_size: int = 8,
-        max_wait_s: float = 0.002,
-        max_queue_items: int = 64,
+        max_batch_size: int,  # no defaults here: the settings (service/settings.py) hold them
+        max_wait_s: float,
+        max_queue_items: int,
         metrics=None,
         retry_after_s: float = RETRY_AFTER_S["overloaded"],
         name: str = "batcher",

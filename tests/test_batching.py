@@ -367,8 +367,8 @@ def test_an_overloaded_batcher_refuses_at_announcement_before_any_preparation(ma
 def test_each_batcher_names_its_thread_and_its_items() -> None:
     """The detector's batcher is the same class: its thread and its refusals say what it carries."""
     backend = FakeBackend(gate_open=False)
-    batcher = MicroBatcher(infer=backend.infer, max_batch_size=1, max_queue_items=1, name="detector-batcher",
-                           unit="images")
+    batcher = MicroBatcher(infer=backend.infer, max_batch_size=1, max_wait_s=0.0, max_queue_items=1,
+                           name="detector-batcher", unit="images")
     batcher.start()
     try:
         assert "detector-batcher" in {thread.name for thread in threading.enumerate()}
