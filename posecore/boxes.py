@@ -66,15 +66,6 @@ def fit_to_image(rows: np.ndarray, image_wh: Sequence[int]) -> tuple[np.ndarray,
     return np.ascontiguousarray(rows[:, :4]), np.ascontiguousarray(rows[:, 4])
 
 
-def validate_boxes(raw: Any, image_wh: Sequence[int], max_boxes: int) -> tuple[np.ndarray, np.ndarray]:
-    """parse_boxes then fit_to_image, for callers that have the image already (evaluation, the bench)."""
-    if raw is None:
-        raise PoseError("invalid_boxes", _SHAPE_HINT)
-    rows = parse_boxes(raw, "xywh", max_boxes)
-    assert rows is not None
-    return fit_to_image(rows, image_wh)
-
-
 def whole_image_box(image_wh: Sequence[int]) -> np.ndarray:
     """No boxes given and no detector: the whole image is one person (score 1)."""
     return np.array([[0.0, 0.0, float(image_wh[0]), float(image_wh[1]), 1.0]])
