@@ -26,7 +26,7 @@ from model_export.quantize.agreement import compare_heatmaps, run_model
 from model_export.quantize.calibration import make_crops, read_person_boxes, split_images
 from model_export.quantize.graph import ModelNotQuantizable, upgrade_opset
 from model_export.quantize.quantizer import AgreementTooLow, QuantizeSettings, quantize_model
-from model_export.train import config_with_input
+from model_export.train_setup import config_with_input
 from posecore.backend import OrtBackend
 from posecore.modelcard import ModelCard, card_path_for, read_card
 from service.main import create_app
