@@ -17,51 +17,10 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from posecore.backend import ProviderStatus
 from posecore.errors import PoseError
-from posecore.modelcard import ModelCard
 from service.admission import PixelBudget
-from service.main import create_app
-from service.settings import Settings
-from service.state import LoadedModel
+from tests.fakes import GatedBackend, app_with
 from tests.helpers import assert_error, free_port, jpeg_bytes
-
-INPUT_HW, HEATMAP_HW = (64, 48), (16, 12)
-
-
-class GatedBackend:
-    """A pose backend whose batches wait for `gate` (set by default), counting the crops it computed."""
-
-    input_hw = INPUT_HW
-    heatmap_hw = HEATMAP_HW
-    num_keypoints = 17
-    max_batch_size = 8
-    provider = "CPUExecutionProvider"
-
-    def __init__(self, open_gate: bool = True) -> None:
-        self.gate = threading.Event()
-        if open_gate:
-            self.gate.set()
-        self.entered = threading.Event()
-        self.computed = 0
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        self.entered.set()
-        if not self.gate.wait(30):
-            raise RuntimeError("the test never opened the gate")
-        self.computed += len(batch)
-        maps = np.zeros((len(batch), 17, *HEATMAP_HW), np.float32)
-        maps[:, :, 8, 6] = 1.0
-        return maps
-
-    def warmup(self) -> None:
-        pass
-
-
-def app_with(backend: GatedBackend, **settings):
-    card = ModelCard.official_defaults("gated", INPUT_HW, HEATMAP_HW)
-    model = LoadedModel(backend, card, False, ProviderStatus("cpu", backend.provider, True))  # type: ignore[arg-type]
-    return create_app(Settings(**settings), model=model)
 
 
 def boxes(n: int) -> list[list[float]]:
@@ -229,7 +188,7 @@ def test_the_deadline_covers_preparation():
         poser = client.app.state.service.poser
         stall = threading.Event()
         # occupy every preparation thread, as two decode bombs did with the old pool of two
-        for _ in range(poser.executor._max_workers):
+        for _ in range(poser.workers):
             poser.executor.submit(stall.wait, 10)
         try:
             started = time.perf_counter()
