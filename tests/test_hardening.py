@@ -208,12 +208,12 @@ def test_client_hanging_up_mid_upload_is_counted_499_with_one_log_line(server):
             b"\r\n\r\n" + encode(photo(640, 480), "JPEG")[:30_000])
     sock.sendall(b"POST /v1/pose HTTP/1.1\r\nHost: test\r\nX-Request-ID: hangup-4\r\n"
                  b"Content-Type: multipart/form-data; boundary=XX\r\nContent-Length: 200000\r\n\r\n" + part)
-    time.sleep(0.3)  # let the server start reading the body
+    time.sleep(0.3)  # the attack: a client that starts an upload, pauses, and leaves (mid-body, not before it)
     sock.close()
     deadline = time.monotonic() + 10
     while _metric(server, "pose_requests_total", endpoint="/v1/pose", status="499") < 1:
         assert time.monotonic() < deadline, _metric_lines(server, "pose_requests_total")
-        time.sleep(0.1)
+        time.sleep(0.1)  # poll interval
     assert _metric(server, "pose_errors_total", code="client_disconnected") >= 1
     assert _metric(server, "pose_requests_total", endpoint="/v1/pose", status="500") == 0
     assert _metric(server, "pose_errors_total", code="internal_error") == errors_before
@@ -237,7 +237,7 @@ def test_huge_header_is_refused_431_at_the_limit_and_livez_stays_responsive(serv
     def probe() -> None:
         while not stop.is_set():
             livez.append(httpx.get(f"{server.base_url}/livez", timeout=3).status_code)
-            time.sleep(0.05)
+            time.sleep(0.05)  # probe pace
 
     prober = threading.Thread(target=probe)
     prober.start()
@@ -308,7 +308,7 @@ def test_a_dribbled_body_is_cut_with_408_and_counted_as_such(server):
     try:
         for _ in range(100):  # a few bytes per second: the original attack
             sock.sendall(b"x")
-            time.sleep(0.2)
+            time.sleep(0.2)  # the attack itself: a dribbled body
     except OSError:  # the server closed the connection
         answer = _read_until_closed(sock)
     sock.close()
@@ -317,7 +317,7 @@ def test_a_dribbled_body_is_cut_with_408_and_counted_as_such(server):
     deadline = time.monotonic() + 10
     while _metric(server, "pose_requests_total", endpoint="/v1/pose", status="408") < before + 1:
         assert time.monotonic() < deadline, _metric_lines(server, "pose_requests_total")
-        time.sleep(0.1)
+        time.sleep(0.1)  # poll interval
     assert _metric(server, "pose_requests_total", endpoint="/v1/pose", status="500") == 0
     lines = [r for r in server.log_records() if r["request_id"] == "dribble-6"]
     assert len(lines) == 1 and lines[0]["status"] == 408 and lines[0]["error_code"] == "request_timeout", lines
@@ -333,7 +333,7 @@ def test_a_slow_but_steady_upload_is_not_cut(server):
     step = max(1, len(body) // 8)
     for offset in range(0, len(body), step):  # spread over ~1.6 s, well over the minimum rate
         sock.sendall(body[offset : offset + step])
-        time.sleep(0.2)
+        time.sleep(0.2)  # the slow client under test: a steady, slow upload
     assert _status_line(_read_until_closed(sock)) == b"HTTP/1.1 200 OK"
     sock.close()
 
