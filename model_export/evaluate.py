@@ -33,7 +33,7 @@ import numpy as np
 
 from posecore import coco
 from posecore.backend import OrtBackend
-from posecore.boxes import parse_boxes
+from posecore.boxes import parse_boxes, refused_rows
 from posecore.codec import PersonPose, PoseCodec
 from posecore.contract import DEFAULT_MAX_BOXES
 from posecore.detection import PersonDetector
@@ -123,15 +123,14 @@ def detected_person_boxes(detector: PersonDetector, image: ImageEntry) -> np.nda
 
 
 def usable_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, int]:
-    """Drop the boxes the service refuses (posecore.boxes): non-finite, empty, or wholly outside the image.
+    """Drop the (N, 5) boxes the service refuses (posecore.boxes' own rules): non-finite, empty, absurd, or
+    wholly outside the image.
 
     The official code would crop those anyway (a singular matrix for an empty box); a detector emits them
     rarely, and they cannot match anyone. Returns the kept rows and how many were dropped.
     """
-    x, y, w, h = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    ok = (np.isfinite(boxes).all(axis=1) & (w > 0) & (h > 0) & (x < width) & (y < height) & (x + w > 0)
-          & (y + h > 0) & (boxes[:, 4] >= 0))
-    return boxes[ok], int((~ok).sum())
+    refused = refused_rows(np.asarray(boxes, dtype=np.float64), (width, height))
+    return boxes[~refused], int(refused.sum())
 
 
 # ---- running the model --------------------------------------------------------------------------------------
