@@ -12,6 +12,7 @@ from pose_client.client import PoseClient
 from pose_client.errors import (
     DeadlineExceededError,
     InvalidRequestError,
+    InvalidResponseError,
     OverloadedError,
     PoseAPIError,
     PoseClientError,
@@ -29,6 +30,7 @@ __all__ = [
     "DeadlineExceededError",
     "ImageSize",
     "InvalidRequestError",
+    "InvalidResponseError",
     "Keypoint",
     "ModelInfo",
     "OverloadedError",
