@@ -52,10 +52,10 @@ Offline or behind a firewall: fetch the file by other means and pass --from-file
 (or ${MIRROR_ENV}) downloads from BASE_URL + the file's path on the original host; credentials in it
 (https://user:password@host/..., token=... in the query) are used and never printed.
 
-Limits: a file over --max-size (default 1 GiB, ${MAX_BYTES_ENV}) is refused from its announced size before a byte
-is written, and cut off (its partial file deleted) if it grows past it; a body the server compresses although
-identity was asked for is refused; the whole fetch ends after --deadline seconds (default {DEFAULT_DEADLINE_S:g},
-${DEADLINE_ENV}), however slowly the server drips.
+Limits: a file over --max-size (default 1 GiB, ${MAX_BYTES_ENV}) is refused from its announced size
+before a byte is written, and cut off (its partial file deleted) if it grows past it; a body the server
+compresses although identity was asked for is refused; the whole fetch ends after --deadline seconds (default
+{DEFAULT_DEADLINE_S:g}, ${DEADLINE_ENV}), however slowly the server drips.
 """
 
 
