@@ -241,3 +241,32 @@ def test_a_drip_ends_at_the_deadline_with_one_line(hostile: tuple[str, Hostile],
     assert 1.9 <= elapsed < 3.5, elapsed
     assert len(failures) == 1 and "did not finish within its deadline of 2 s" in failures[0]
     assert "Traceback" not in err and len(state.seen) == 1
+
+
+def test_a_redirect_loop_ends_in_one_line_without_credentials(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A mirror that redirects to itself forever: requests gives up (TooManyRedirects), and so does fetch, in one
+    line that does not quote the mirror's password."""
+
+    class Loop(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", self.path + "x")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Loop)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        mirror = f"http://alice:{PASSWORD}@127.0.0.1:{httpd.server_address[1]}/m"
+        code = fetch_cli(f"https://example.org{FILE_PATH}", tmp_path, "--mirror", mirror)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    err = capsys.readouterr().err
+    failures = [line for line in err.splitlines() if line.startswith("fetch failed")]
+    assert code == 1 and len(failures) == 1 and "TooManyRedirects" in failures[0] and "Traceback" not in err
+    assert PASSWORD not in err

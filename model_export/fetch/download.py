@@ -162,6 +162,8 @@ def _attempt(http: requests.Session, url: str, partial: Path, timeouts: Timeouts
         raise Unreachable(f"{host} accepted the connection but did not answer within {read_timeout:g} s") from None
     except requests.exceptions.ConnectionError as error:
         raise Unreachable(f"cannot connect to {host}: {_reason(error)}") from None
+    except requests.exceptions.RequestException as error:  # a redirect loop, an unusable URL...
+        raise DownloadError(f"request to {host} failed: {type(error).__name__}: {_reason(error)}") from None
     with response:
         status = response.status_code
         if status == 416 and have:
