@@ -1,6 +1,8 @@
 """One call's total deadline: `timeout` seconds from the call's start to the last byte of its answer, every
 attempt and every wait between attempts included. httpx's own timeouts bound each network read, so a server
-that drips one byte a second would never trip them; the clients check this deadline after every read."""
+that drips one byte a second would never trip them. The async client cancels an attempt at the deadline; the sync
+one checks it after every read of the body, and bounds each read of the status line and headers by what is left
+(httpx offers no hook between those reads: a server dripping its headers is bounded per read only)."""
 
 from __future__ import annotations
 
