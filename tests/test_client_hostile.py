@@ -20,6 +20,7 @@ from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 from pose_client import (
     AsyncPoseClient,
@@ -31,6 +32,7 @@ from pose_client import (
     PoseTimeoutError,
     RetryPolicy,
 )
+from pose_client.errors import retry_after_seconds
 
 from tests.test_client import POSE_JSON
 
@@ -229,3 +231,14 @@ def test_a_retry_after_date_beyond_the_budget_gives_up_at_once(server: tuple[str
         client.pose(b"jpeg")
     assert time.monotonic() - started < 1.0 and len(script.arrivals) == 1
     assert error.value.retry_after_s is not None and 28 <= error.value.retry_after_s <= 30
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    ("7", 7.0), ("0", 0.0), ("-3", None), ("nan", None), ("soon", None), ("", None),
+    ("Wed, 02 Dec 2026 10:00:30 GMT", 30.0), ("Wed, 02 Dec 2026 09:59:00 GMT", 0.0),  # a date already past: 0
+    ("Wed, 02 Dec 2026 10:00:30 -0000", 30.0),
+])
+def test_retry_after_seconds_and_dates(header: str, expected: float | None) -> None:
+    now = parsedate_to_datetime("Wed, 02 Dec 2026 10:00:00 GMT").timestamp()
+    response = httpx.Response(429, headers={"Retry-After": header})
+    assert retry_after_seconds(response, now=now) == expected
