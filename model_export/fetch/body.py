@@ -18,7 +18,7 @@ import urllib3
 from model_export.fetch.errors import Interrupted, TooLarge
 from model_export.fetch.limits import Deadline
 
-CHUNK_BYTES = 1 << 16
+CHUNK_BYTES = 1 << 16  # the most one read returns; read1 returns what one socket read brought, often less
 
 
 def _socket_of(raw: Any) -> socket.socket | None:

@@ -190,17 +190,16 @@ def _attempt(http: requests.Session, url: str, partial: Path, timeouts: Timeouts
 
 def download(url: str, partial: Path, *, timeouts: Timeouts = DEFAULT_TIMEOUTS,
              limits: FetchLimits = DEFAULT_LIMITS, progress: bool = False, max_attempts: int = MAX_ATTEMPTS,
-             session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep,
-             deadline: Deadline | None = None) -> None:
+             session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
     """Bring `partial` to the whole content of `url`, resuming from what it already holds.
 
     Raises Unreachable at once (no retry: a host that does not answer will not answer a second later either),
     DownloadError for a refusal (404...), and DownloadError after `max_attempts` or after an attempt that
     made no progress; the bytes received so far stay in `partial` for the next call. TooLarge (a file over
     `limits.max_bytes`, announced or streamed) deletes `partial`; FetchDeadlineExceeded ends the call once
-    `limits.deadline_s` (or the caller's `deadline`) has passed. No message carries the URL's credentials.
+    `limits.deadline_s` has passed (counted from this call's start). No message carries the URL's credentials.
     """
-    deadline = deadline or Deadline(limits.deadline_s)
+    deadline = Deadline(limits.deadline_s)
     redact = Redactor([url])
     shown = redact_url(url)
     partial.parent.mkdir(parents=True, exist_ok=True)
