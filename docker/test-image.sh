@@ -56,13 +56,6 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     if ! "$DOCKER" image inspect "$python_image" >/dev/null 2>&1 && ! "$DOCKER" pull -q "$python_image" >/dev/null 2>&1; then
         skip "base image $python_image is neither local nor pullable (no registry reachable?)"
     fi
-    # `# syntax=docker/dockerfile:1` is pulled from Docker Hub; where it cannot be, the daemon's built-in
-    # Dockerfile frontend builds the same file (it has the cache and secret mounts).
-    if ! "$DOCKER" image inspect docker/dockerfile:1 >/dev/null 2>&1 && ! "$DOCKER" pull -q docker/dockerfile:1 >/dev/null 2>&1; then
-        step "docker/dockerfile:1 not pullable: building with the daemon's built-in Dockerfile frontend"
-        sed '1{/^# syntax=/d}' "$dockerfile" > "$WORK/Dockerfile"
-        dockerfile="$WORK/Dockerfile"
-    fi
     step "building $IMAGE"
     started=$(date +%s)
     # shellcheck disable=SC2086  # BUILD_ARGS is a list of arguments
