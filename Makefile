@@ -89,7 +89,8 @@ bench: $(VENV)/.installed $(MODEL)
 LOCK_DIR := docker/requirements
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 LOCK_ARGS ?=
-UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --python-platform x86_64-manylinux_2_28 --generate-hashes --no-python-downloads \
+LOCK_PLATFORM ?= x86_64-manylinux_2_28
+UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --python-platform $(LOCK_PLATFORM) --generate-hashes --no-python-downloads \
 	--no-emit-index-url --no-emit-find-links --custom-compile-command "make lock" $(LOCK_ARGS)
 
 lock: $(VENV)/.installed
