@@ -129,3 +129,10 @@ def test_make_lock_compiles_each_lock_from_its_extras() -> None:
     assert "docker/lockcheck.py" in recipe
     dev = PYPROJECT["project"]["optional-dependencies"]["dev"]
     assert any(re.fullmatch(r"uv==[\d.]+", requirement) for requirement in dev)  # make lock's tool, pinned
+
+
+def test_gpu_label_names_the_pinned_onnxruntime_gpu() -> None:
+    label = re.search(r'io\.hrnet-pose\.onnxruntime-gpu="([^"]+)"', (ROOT / "docker" / "Dockerfile.gpu").read_text())
+    pinned = lockcheck.parse_lock((LOCK_DIR / "serve-gpu.txt").read_text())["onnxruntime-gpu"].version
+    assert label and label.group(1) == str(pinned)
+    assert f"onnxruntime-gpu=={pinned}" in (LOCK_DIR / "gpu.in").read_text()
