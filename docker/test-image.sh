@@ -37,8 +37,8 @@ trap cleanup EXIT
 
 # -- can this host run it at all? -------------------------------------------------------------------------------
 command -v "$DOCKER" >/dev/null 2>&1 || skip "no docker CLI ($DOCKER) on this host"
-command -v curl >/dev/null 2>&1 || skip "no curl on this host (the checks are the README's curl commands)"
 "$DOCKER" info >/dev/null 2>&1 || skip "no Docker daemon answers ('$DOCKER info' failed)"
+command -v curl >/dev/null 2>&1 || skip "no curl on this host (the checks are the README's curl commands)"
 # The Dockerfile's grace period, published port and hardening are compose's: read them from docker-compose.yml.
 # STOP_TIMEOUT_S overrides it (e.g. 10, Docker's default, shows what the grace period is for).
 GRACE_S="${STOP_TIMEOUT_S:-$(sed -n 's/^ *stop_grace_period: *\([0-9]*\)s *$/\1/p' docker-compose.yml | head -n 1)}"
