@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from model_export.data.validation import image_path, readable_image
 from posecore import coco
 from posecore.backend import OrtBackend
 from posecore.boxes import parse_boxes, refused_rows
@@ -81,8 +82,9 @@ class EvaluationResult:
 # ---- person boxes -------------------------------------------------------------------------------------------
 
 def load_images(coco_gt, image_dir: str | os.PathLike) -> list[ImageEntry]:
-    return [ImageEntry(int(image["id"]), Path(image_dir) / image["file_name"], int(image["width"]),
-                       int(image["height"]))
+    """The annotated images; a file name that would leave `image_dir` raises InputDataError."""
+    return [ImageEntry(int(image["id"]), image_path(Path(image_dir), image["file_name"], f"image {image['id']}"),
+                       int(image["width"]), int(image["height"]))
             for image in coco_gt.loadImgs(coco_gt.getImgIds())]
 
 
@@ -119,7 +121,9 @@ def detection_person_boxes(detections_file: str | os.PathLike,
 
 def detected_person_boxes(detector: PersonDetector, image: ImageEntry) -> np.ndarray:
     """(N, 5) x, y, w, h, score: the persons `detector` finds in the image (its threshold, NMS, clip and cap)."""
-    return detector.detect(decode_image(image.path.read_bytes(), LOCAL_MAX_IMAGE_BYTES, LOCAL_MAX_IMAGE_PIXELS))
+    with readable_image(image.path):
+        decoded = decode_image(image.path.read_bytes(), LOCAL_MAX_IMAGE_BYTES, LOCAL_MAX_IMAGE_PIXELS)
+    return detector.detect(decoded)
 
 
 def usable_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, int]:
@@ -303,7 +307,8 @@ def evaluate(
         if len(boxes) == 0:
             continue
         num_boxes += len(boxes)
-        persons = runner(image.path.read_bytes(), boxes, flip)
+        with readable_image(image.path):  # a file that is missing or does not decode: one line naming it
+            persons = runner(image.path.read_bytes(), boxes, flip)
         if tuple(getattr(runner, "last_image_wh", (image.width, image.height))) != (image.width, image.height):
             mismatches.append(image.image_id)  # e.g. an EXIF orientation the service applied
         predictions.extend(to_prediction(image.image_id, person, aspect_ratio) for person in persons)

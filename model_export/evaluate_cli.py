@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from model_export.data.validation import InputDataError, check_evaluation_files
 from model_export.evaluate import (
     DETECTION_SCORE_THRESHOLD,
     OKS_NMS_THRESHOLD,
@@ -109,6 +110,11 @@ def run_evaluate_command(args: Any) -> int:
         if path is not None and not path.exists():
             print(f"evaluate: {what} not found: {path}", file=sys.stderr)
             return 2
+    try:
+        check_evaluation_files(args.annotations, args.images, args.detections)
+    except InputDataError as error:
+        print(f"evaluate: {error}", file=sys.stderr)
+        return 2
     runner: ServiceRunner | LocalRunner | None = None
     try:
         detector = None if args.detector is None else PersonDetector(
@@ -120,6 +126,9 @@ def run_evaluate_command(args: Any) -> int:
             runner = LocalRunner.from_onnx(args.model, args.provider, args.batch_size, args.threads)
         result = evaluate(args.annotations, args.images, runner, runner.card, args.detections, args.flip,
                           args.det_threshold, args.oks_threshold, progress=not args.no_progress, detector=detector)
+    except InputDataError as error:  # an image that does not decode
+        print(f"evaluate: {error}", file=sys.stderr)
+        return 2
     except (ModelLoadError, OSError, ValueError, RuntimeError) as error:
         print(f"evaluate failed: {error}", file=sys.stderr)
         return 1
