@@ -89,16 +89,18 @@ def assert_error(response: Any, status: int, code: str) -> None:
     assert body["request_id"] == response.headers["x-request-id"], body
 
 
-def metric_value(text: str, name: str, **labels: str) -> float:
-    """One sample of a Prometheus text exposition, read by prometheus_client's own parser: the sample `name`
-    (e.g. pose_errors_total) with exactly these labels; 0.0 when absent (a labelled counter never incremented)."""
+def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample `name` (e.g. pose_requests_total) of a Prometheus text exposition, with its labels, read by
+    prometheus_client's own parser: the one metrics reader of the tests."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    return 0.0
+    return [(sample.labels, float(sample.value)) for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name == name]
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The sample `name` with exactly these labels; 0.0 when absent (a labelled counter never incremented)."""
+    return next((value for own, value in metric_samples(text, name) if own == labels), 0.0)
 
 
 def free_port() -> int:

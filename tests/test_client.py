@@ -30,7 +30,7 @@ from pose_client import (
     UnavailableError,
 )
 
-from tests.helpers import DETECTIONS, free_port, jpeg_bytes, require_shared
+from tests.helpers import DETECTIONS, free_port, jpeg_bytes, metric_value, require_shared
 from tests.live_server import LiveServer
 
 CLIENT = Path(__file__).resolve().parents[1] / "client"
@@ -150,9 +150,7 @@ def test_errors_carry_code_status_and_request_id(server: LiveServer) -> None:
 
 
 def overloaded_count(base_url: str) -> float:
-    text = httpx.get(f"{base_url}/metrics").text
-    match = re.search(r'^pose_errors_total\{code="overloaded"\} (\S+)$', text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
+    return metric_value(httpx.get(f"{base_url}/metrics").text, "pose_errors_total", code="overloaded")
 
 
 @pytest.mark.integration  # a live server process
