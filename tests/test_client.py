@@ -30,6 +30,7 @@ from pose_client import (
     UnavailableError,
 )
 
+from tests.fakes import POSE_JSON
 from tests.helpers import DETECTIONS, free_port, jpeg_bytes, metric_value, require_shared
 from tests.live_server import LiveServer
 
@@ -195,14 +196,6 @@ def test_api_key_is_sent_and_its_absence_is_a_typed_error(shedding_server: LiveS
 
 
 # -- retries, against fakes whose timing the test controls ---------------------------------------------------------
-POSE_JSON = {
-    "image": {"width": 10, "height": 20}, "flip": False, "timings_ms": {"inference": 1.0},
-    "model": {"name": "fake", "arch": "tiny", "trained": True, "provider": "CPUExecutionProvider", "warning": None},
-    "persons": [{"box": [0, 0, 10, 20], "box_score": 1.0, "score": 0.9, "coco_keypoints": [1.0, 2.0, 0.9],
-                 "keypoints": [{"name": "nose", "x": 1.0, "y": 2.0, "score": 0.9}]}],
-}
-
-
 class Script:
     """A fake service: answers from a script, one per request, and notes when each request arrived."""
 
