@@ -31,6 +31,7 @@ from model_export.checkpoint import (
 )
 from model_export.configs import ARCHS, HRNetConfig, get_config
 from model_export.hrnet import HRNet, build_hrnet
+from model_export.yolox.configs import YOLOX_ARCHS, is_yolox_arch
 from posecore.modelcard import UNTRAINED_WARNING, InputSpec, ModelCard, OutputSpec, WeightsInfo, card_path_for
 
 log = logging.getLogger(__name__)
@@ -328,8 +329,9 @@ def add_export_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "export", help="HRNet checkpoint (or UNTRAINED random init) -> ONNX + model card",
         description=EXPORT_DESCRIPTION, epilog=EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=ARCHS,
-                        help="architecture; optional when the checkpoint carries its config")
+    parser.add_argument("--arch", choices=ARCHS + YOLOX_ARCHS,
+                        help="architecture (yolox_* exports the person detector, official YOLOX ONNX layout + "
+                             "detector card); optional for HRNet when the checkpoint carries its config")
     weights = parser.add_mutually_exclusive_group(required=True)
     weights.add_argument("--checkpoint", type=Path, metavar="PATH",
                          help="official / mmpose checkpoint (.pth), or a checkpoint.pt of `train` (its arch "
@@ -355,6 +357,10 @@ def run_export_command(args: Any) -> int:
         args.parser.error("--seed only applies to --random-init")
     if args.arch is None and args.random_init:
         args.parser.error("--random-init needs --arch")
+    if is_yolox_arch(args.arch):
+        from model_export.yolox.cli import run_detector_export
+
+        return run_detector_export(args)
     output = args.output
     try:
         if output is None:  # models/hrnet_ARCH.onnx, ARCH from the checkpoint when it carries its config
