@@ -23,6 +23,19 @@ else
 MODEL ?= models/hrnet_$(ARCH).onnx
 MAKE_MODEL = export --arch $(ARCH) --random-init --output $(MODEL)
 endif
+# The person detector for photos sent without boxes (optional):
+#   DETECTOR=yolox_s_8x8_300e_coco      a registry name (kind detector): fetched, verified, exported to
+#                                       models/NAME.onnx + its detector card; DETECTOR_FETCH_ARGS passes more;
+#   DETECTOR=path/to/detector.onnx      a detector ONNX you have (its card NAME.json beside it);
+#   unset                               no detector: a request without boxes is one person, the whole image.
+DETECTOR ?=
+DETECTOR_FETCH_ARGS ?=
+ifneq ($(filter %.onnx,$(DETECTOR)),)
+DETECTOR_MODEL := $(DETECTOR)
+else ifneq ($(DETECTOR),)
+DETECTOR_MODEL := models/$(DETECTOR).onnx
+endif
+SERVE_DETECTOR := $(if $(DETECTOR_MODEL),--detector $(DETECTOR_MODEL),)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -42,8 +55,15 @@ $(MODEL): | $(VENV)/.installed
 
 model: $(MODEL)
 
-serve: $(VENV)/.installed $(MODEL)
-	$(PY) -m service --model $(MODEL) --host $(HOST) --port $(PORT)
+ifneq ($(DETECTOR),)
+ifeq ($(filter %.onnx,$(DETECTOR)),)
+$(DETECTOR_MODEL): | $(VENV)/.installed
+	$(PY) -m model_export fetch $(DETECTOR) $(DETECTOR_FETCH_ARGS) --output $(DETECTOR_MODEL)
+endif
+endif
+
+serve: $(VENV)/.installed $(MODEL) $(DETECTOR_MODEL)
+	$(PY) -m service --model $(MODEL) $(SERVE_DETECTOR) --host $(HOST) --port $(PORT)
 
 # The system tools the full suite drives for real: Chromium (the browser test), Prometheus and promtool,
 # docker-compose, yamllint, hadolint, kubectl, the CRD schemas. As root (CI, a fresh container) `make test`

@@ -93,9 +93,16 @@ def read_detector_card(onnx_path: Path) -> DetectorCard | None:
     if not path.is_file():
         return None
     try:
-        return DetectorCard.model_validate_json(path.read_text())
+        text = path.read_text()
+        card_format = json.loads(text).get("format")
     except (OSError, UnicodeDecodeError) as exc:
         raise DetectorLoadError(f"cannot read detector card {path}: {exc}") from exc
+    except (ValueError, AttributeError):
+        card_format = None  # not a JSON object: the validation below says so
+    if isinstance(card_format, str) and card_format != DETECTOR_CARD_FORMAT and "detector" not in card_format:
+        raise DetectorLoadError(f"{onnx_path} is not a detector: its card {path.name} is a {card_format!r} card")
+    try:
+        return DetectorCard.model_validate_json(text)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "card"
