@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from model_export.yolox.checkpoint import mmdet_to_megvii_key
 from model_export.yolox.configs import get_yolox_config
@@ -19,6 +20,8 @@ from model_export.yolox.export import export_detector
 from model_export.yolox.model import YOLOX
 from posecore.detection import MIN_BOX_SIDE, PersonDetector
 from posecore.imaging import decode_image
+from service.main import create_app
+from service.settings import Settings
 from tests.helpers import require_shared
 from tests.yolox_weights import seeded_state_dict
 
@@ -72,7 +75,8 @@ def test_both_layouts_export_to_the_official_outputs(reference: dict[str, np.nda
 
 
 @pytest.mark.slow
-def test_served_bare_photo_gives_the_demo_persons(reference: dict[str, np.ndarray], tmp_path: Path) -> None:
+def test_served_bare_photo_gives_the_demo_persons(reference: dict[str, np.ndarray], tmp_path: Path,
+                                                  tiny_onnx: Path) -> None:
     photo = require_shared("data/" + str(reference["photo_name"]))
     rgb = decode_image(photo.read_bytes(), 1 << 30, 1 << 30)
     assert hashlib.sha256(rgb.tobytes()).hexdigest() == str(reference["photo_rgb_sha256"]), "decoder changed"
@@ -92,3 +96,12 @@ def test_served_bare_photo_gives_the_demo_persons(reference: dict[str, np.ndarra
     assert len(found) == inside.sum() >= 3
     assert np.abs(found[:, :4] - expected_xywh[inside]).max() <= 0.5
     assert np.abs(found[:, 4] - expected[inside, 4]).max() < 1e-4
+    # and through the HTTP service: the photo without boxes
+    settings = Settings(model_path=tiny_onnx, detector_path=onnx_path, provider="cpu",
+                        detector_score_threshold=float(reference["photo_threshold"]))
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/v1/pose", files={"image": ("photo.jpg", photo.read_bytes(), "image/jpeg")})
+    assert response.status_code == 200, response.text
+    served = np.array([[*p["box"], p["box_score"]] for p in response.json()["persons"]])
+    assert len(served) == inside.sum()
+    assert np.abs(served[:, :4] - expected_xywh[inside]).max() <= 0.5

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from model_export.checkpoint import CheckpointError
-from model_export.export import ExportCheckFailed
+from model_export.checks import ExportCheckFailed
 from model_export.fetch.fetcher import FetchedCheckpoint, WeightsRequest
 from model_export.yolox.export import export_detector
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from model_export.checkpoint import CheckpointError
-from model_export.export import ExportCheckFailed
+from model_export.checks import ExportCheckFailed
 from model_export.yolox.export import export_detector
 
 

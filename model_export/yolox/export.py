@@ -20,7 +20,7 @@ import onnx
 import torch
 
 from model_export.checkpoint import file_sha256, read_checkpoint_file
-from model_export.export import ExportCheckFailed
+from model_export.checks import ExportCheckFailed
 from model_export.yolox.checkpoint import load_yolox_checkpoint
 from model_export.yolox.configs import YoloxConfig, get_yolox_config
 from model_export.yolox.model import YOLOX
