@@ -18,6 +18,7 @@ import torch
 from model_export.__main__ import main
 from model_export.fetch import detector_source, fetcher
 from model_export.fetch.registry import RegistryEntry, hash_prefix_in_name, load_registry
+from model_export.yolox.checkpoint import load_yolox_checkpoint
 from model_export.yolox.configs import YOLOX_ARCHS, get_yolox_config
 from model_export.yolox.model import YOLOX
 from posecore.detection import PersonDetector
@@ -56,6 +57,17 @@ def one_line(text: str) -> str:
     assert len(lines) == 1, text
     assert "Traceback" not in text
     return lines[0]
+
+
+def test_both_layouts_load_the_same_weights(checkpoints: dict[str, Path]) -> None:
+    """Megvii's {'model': ...} and mmdetection's renamed {'state_dict': ...} with its EMA mirror dropped."""
+    expected = tiny_state_dict()
+    for layout, path in checkpoints.items():
+        model = YOLOX(get_yolox_config("yolox_tiny"))
+        report = load_yolox_checkpoint(model, torch.load(path, weights_only=True), str(path))
+        assert report.layout == layout and report.dropped_ema == (462 if layout == "mmdet" else 0)
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, expected[key]), (layout, key)
 
 
 # ---- the registry ----
