@@ -316,6 +316,10 @@ Real weights, from an official checkpoint to a running service:
          --checkpoint pose_hrnet_w32_256x192.pth --output models/hrnet_w32_256x192.onnx
   3. python -m service --model models/hrnet_w32_256x192.onnx   (or: make serve)
 A checkpoint of another architecture is refused with a short list of missing/unexpected keys.
+
+The person detector: --arch yolox_tiny|yolox_s|yolox_m|yolox_l|yolox_x with a Megvii (`{'model': ...}`) or
+mmdetection (`{'state_dict': ...}`) YOLOX checkpoint writes the official YOLOX ONNX layout (input `images`,
+output `output`, dynamic batch) and its detector card, which names the letterbox the weights expect.
 """
 
 
