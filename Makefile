@@ -39,7 +39,7 @@ SERVE_DETECTOR := $(if $(DETECTOR_MODEL),--detector $(DETECTOR_MODEL),)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install model serve test test-fast test-slow test-tools bench lint typecheck
+.PHONY: install model detector serve test test-fast test-slow test-tools bench lint typecheck
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,8 +59,13 @@ ifneq ($(DETECTOR),)
 ifeq ($(filter %.onnx,$(DETECTOR)),)
 $(DETECTOR_MODEL): | $(VENV)/.installed
 	$(PY) -m model_export fetch $(DETECTOR) $(DETECTOR_FETCH_ARGS) --output $(DETECTOR_MODEL)
+else
+$(DETECTOR_MODEL):
+	@echo "DETECTOR=$(DETECTOR): no such file (give a detector ONNX path or a registry name)" >&2; exit 1
 endif
 endif
+
+detector: $(DETECTOR_MODEL)
 
 serve: $(VENV)/.installed $(MODEL) $(DETECTOR_MODEL)
 	$(PY) -m service --model $(MODEL) $(SERVE_DETECTOR) --host $(HOST) --port $(PORT)

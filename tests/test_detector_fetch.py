@@ -7,6 +7,8 @@ import functools
 import hashlib
 import http.server
 import json
+import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,3 +202,31 @@ def test_evaluate_refuses_what_is_no_detector(detector: str, message: str, tmp_p
                  str(tmp_path), "--detector", detector, "--no-progress"])
     line = one_line(capsys.readouterr().err)
     assert code == 1 and line.startswith("evaluate failed:") and message in line
+
+
+# ---- make serve DETECTOR=... ----
+
+def make_serve_plan(venv: Path, detector: str) -> subprocess.CompletedProcess[str]:
+    (venv / "bin").mkdir(parents=True, exist_ok=True)
+    (venv / ".installed").touch()  # newer than pyproject.toml: make does not reinstall
+    return subprocess.run(["make", "-n", "serve", f"VENV={venv}", "WEIGHTS=hrnet_w32_coco_256x192",
+                           f"DETECTOR={detector}"], cwd=Path(__file__).parents[1], capture_output=True, text=True,
+                          check=False)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_serve_fetches_a_named_detector_or_takes_a_file(tmp_path: Path) -> None:
+    named = make_serve_plan(tmp_path / "venv", "yolox_s_8x8_300e_coco")
+    assert named.returncode == 0, named.stderr
+    onnx = "models/yolox_s_8x8_300e_coco.onnx"
+    assert f"-m model_export fetch yolox_s_8x8_300e_coco  --output {onnx}" in named.stdout
+    assert f"-m service --model models/hrnet_w32_coco_256x192.onnx --detector {onnx} " in named.stdout
+    given = tmp_path / "det.onnx"
+    given.write_bytes(b"onnx")
+    by_path = make_serve_plan(tmp_path / "venv", str(given))
+    assert by_path.returncode == 0 and "model_export fetch yolox" not in by_path.stdout
+    assert f"--detector {given} " in by_path.stdout
+    missing = subprocess.run(["make", "detector", f"VENV={tmp_path / 'venv'}",  # the detector target alone
+                              f"DETECTOR={tmp_path / 'missing.onnx'}"], cwd=Path(__file__).parents[1],
+                             capture_output=True, text=True, check=False)
+    assert missing.returncode != 0 and "missing.onnx: no such file" in missing.stderr
