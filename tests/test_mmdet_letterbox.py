@@ -60,3 +60,23 @@ def test_mmdet_needs_a_square_canvas() -> None:
         DetectorCard(name="x", layout="yolox", input_size=(320, 480), preprocessing="mmdet")
     with pytest.raises(ValueError, match="unknown detector preprocessing"):
         letterbox(np.zeros((8, 8, 3), np.uint8), (32, 32), "detectron")
+
+
+@pytest.mark.parametrize("preprocessing", ["yolox", "mmdet"])
+def test_the_card_selects_the_letterbox_and_its_inverse(preprocessing: str, tmp_path: Path) -> None:
+    """201 x 100 at 128: YOLOX resizes to 128 x 63 (one r), mmdetection to 128 x 64 (y scale 0.64, not r)."""
+    from posecore.detection import PersonDetector
+    from tests.detector_model import SyntheticObject, build_yolox_detector, yolox_head
+
+    input_hw = (128, 128)
+    head = yolox_head(input_hw, [SyntheticObject((16.0, 20.0, 56.0, 60.0), 0.9, 0, 16)])
+    card = DetectorCard(name="det", layout="yolox", input_size=input_hw, preprocessing=preprocessing)
+    detector = PersonDetector(build_yolox_detector(tmp_path / "det.onnx", head, input_hw, card=card), provider="cpu")
+    rgb = np.random.default_rng(3).integers(0, 256, (100, 201, 3), dtype=np.uint8)
+    prepared, ratio = detector.prepare(rgb)
+    expected_input, expected_ratio = letterbox(rgb, input_hw, preprocessing)
+    np.testing.assert_array_equal(prepared, expected_input)
+    assert ratio == expected_ratio
+    rx, ry = (128 / 201, 64 / 100) if preprocessing == "mmdet" else (128 / 201, 128 / 201)
+    (box,) = detector.detect(rgb)
+    np.testing.assert_allclose(box[:4], [16 / rx, 20 / ry, 40 / rx, 40 / ry], rtol=1e-5)
