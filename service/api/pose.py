@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Literal, TypeVar
 
 import numpy as np
@@ -124,18 +124,7 @@ def pose_json(request: Request, result: PoseResult) -> dict:
     """The response body of one image."""
     model = service_state(request).model
     assert model is not None
-    names = model.card.keypoints
-    persons = []
-    for person in result.persons:
-        kps = person.keypoints.tolist()
-        persons.append({
-            "box": [float(v) for v in person.box],
-            "box_score": person.box_score,
-            "score": person.score,
-            "keypoints": [{"name": n, "x": k[0], "y": k[1], "score": k[2]}
-                          for n, k in zip(names, kps, strict=True)],
-            "coco_keypoints": [v for k in kps for v in k],
-        })
+    persons = [person_json(person, model.card.keypoints) for person in result.persons]
     width, height = result.image_wh
     return {
         "image": {"width": width, "height": height},
@@ -143,6 +132,18 @@ def pose_json(request: Request, result: PoseResult) -> dict:
         "flip": result.flip,
         "persons": persons,
         "timings_ms": ms(result.timings_s),
+    }
+
+
+def person_json(person: PersonPose, names: Sequence[str]) -> dict:
+    """One person's fields, as in /v1/pose (the video answers add a track ID)."""
+    kps = person.keypoints.tolist()
+    return {
+        "box": [float(v) for v in person.box],
+        "box_score": person.box_score,
+        "score": person.score,
+        "keypoints": [{"name": n, "x": k[0], "y": k[1], "score": k[2]} for n, k in zip(names, kps, strict=True)],
+        "coco_keypoints": [v for k in kps for v in k],
     }
 
 
