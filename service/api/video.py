@@ -1,4 +1,5 @@
-"""POST /v1/pose/video (NDJSON, one line per frame then a summary) and /v1/pose/video/render (MP4).
+"""POST /v1/pose/video (NDJSON, one line per frame then a summary), /v1/pose/video/render (MP4) and the live
+stream WS /v1/pose/stream.
 
 Everything that can refuse the call - the upload, the options, the probe, the first frame - happens before the
 answer starts, so refusals are ordinary JSON errors. After that, a failure ends the stream with one
@@ -13,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, WebSocket
 from fastapi.responses import Response, StreamingResponse
 
 from posecore.errors import PoseError
@@ -26,6 +27,7 @@ from service.video.options import query_parameters, read_options
 from service.video.render import render_mp4
 from service.video.run import FrameAnswer, VideoRun
 from service.video.session import VideoSession
+from service.video.stream import LiveStream, StreamLimits
 from service.video.upload import RAW_VIDEO_TYPES, read_video_upload
 
 router = APIRouter(tags=["video"])
@@ -154,3 +156,30 @@ async def render_video(request: Request, poser: PoseService = Depends(ready_serv
 
 def _line(body: dict) -> bytes:
     return json.dumps(body, allow_nan=False).encode() + b"\n"
+
+
+@router.websocket("/v1/pose/stream")
+async def pose_stream(websocket: WebSocket) -> None:
+    """A live stream: binary JPEG/PNG frames in, one JSON message per frame out (service/video/stream.py).
+    The API key is checked by the access-control middleware before this runs, as for every route."""
+    state: ServiceState = websocket.app.state.service
+    poser = state.poser
+    if state.draining or poser is None or not state.ready:
+        await websocket.close(code=1013, reason="not ready")  # 1013: try again later
+        return
+    try:
+        options = read_options([websocket.query_params], state.settings.flip_test)
+        release = take_video_slot(state)
+    except PoseError as error:
+        await websocket.close(code=1013 if error.code == "overloaded" else 1008, reason=error.message[:120])
+        return
+    try:
+        await websocket.accept()
+        settings = state.settings
+        limits = StreamLimits(settings.max_image_bytes, settings.max_image_pixels, settings.request_timeout_s,
+                              settings.stream_queue_frames)
+        stream = LiveStream(websocket, VideoSession(poser, options), limits, state.metrics,
+                            list(poser.codec.card.keypoints), person_json)
+        await stream.serve()
+    finally:
+        release()

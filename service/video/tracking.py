@@ -67,11 +67,12 @@ class PoseTracker:
     """Assigns track IDs frame by frame. Pure: no I/O, no clock; `step` is the processed frame's position."""
 
     def __init__(self, match_threshold: float = 0.3, max_missing: int = 10,
-                 sigmas: Sequence[float] = OKS_SIGMAS, velocity_weight: float = 0.5) -> None:
+                 sigmas: Sequence[float] = OKS_SIGMAS, velocity_weight: float = 0.5, motion: bool = True) -> None:
         self.match_threshold = match_threshold
         self.max_missing = max_missing
         self.sigmas = np.asarray(sigmas, dtype=np.float64)
         self.velocity_weight = velocity_weight  # new velocity = w * observed + (1 - w) * previous: damped noise
+        self.motion = motion  # False: match against the last position as it was (mmpose's plain OKS/IoU tracking)
         self.tracks: list[Track] = []
         self.next_id = 1
 
@@ -115,7 +116,8 @@ class PoseTracker:
 
     def _follow(self, track: Track, step: int, box: np.ndarray, keypoints: np.ndarray) -> int:
         gap = max(1, step - track.last_step)
-        w = self.velocity_weight if track.age > 1 else 1.0  # the first observed motion is all there is
+        # the first observed motion is all there is, so it is taken whole
+        w = (self.velocity_weight if track.age > 1 else 1.0) if self.motion else 0.0
         track.box_velocity = w * (box - track.box) / gap + (1 - w) * track.box_velocity
         track.keypoint_velocity = w * (keypoints[:, :2] - track.keypoints[:, :2]) / gap + \
             (1 - w) * track.keypoint_velocity
