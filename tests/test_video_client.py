@@ -10,8 +10,8 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-
 from pose_client import PoseAPIError, PoseClient, VideoFrame, VideoSummary
+
 from tests.helpers import ROOT, png_bytes
 from tests.live_server import LiveServer
 from tests.video_helpers import decode_video, encode_video, figure_frames
@@ -47,9 +47,8 @@ def test_pose_video_yields_each_frame_then_the_summary(server, video_file):
 def test_refusals_raise_the_services_error(server, tmp_path):
     long_video = tmp_path / "long.mp4"
     long_video.write_bytes(encode_video(figure_frames(21)))
-    with PoseClient(server.base_url, api_key="k", max_retries=0) as client:
-        with pytest.raises(PoseAPIError) as refused:
-            list(client.pose_video(long_video))
+    with PoseClient(server.base_url, api_key="k", max_retries=0) as client, pytest.raises(PoseAPIError) as refused:
+        list(client.pose_video(long_video))
     assert refused.value.status == 413 and refused.value.code == "video_too_long"
 
 
