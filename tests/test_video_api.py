@@ -225,3 +225,14 @@ def test_metrics_count_frames_tracks_and_the_video_stage(client, video):
     assert 'pose_video_frames_total{source="file"}' in text
     assert 'pose_video_tracks_total{source="file"}' in text
     assert 'pose_stage_duration_seconds_count{stage="video"}' in text
+
+
+def test_a_frame_that_does_not_decode_ends_the_stream_with_an_error_line_after_the_frames_before_it(client):
+    data = bytearray(encode_video(figure_frames(6, *WH), "avi-mjpeg"))
+    starts = [i for i in range(len(data) - 2) if data[i:i + 3] == b"\xff\xd8\xff"]  # each frame's JPEG
+    assert len(starts) == 6
+    data[starts[3] + 2:starts[3] + 2000] = bytes(1998)  # frame 3's JPEG wiped after its start marker
+    body = lines(post_video(client, bytes(data), "video/x-msvideo"))
+    assert [line["frame"] for line in body[:-1]] == [0, 1, 2]
+    assert body[-1]["error"]["code"] == "invalid_video" and body[-1]["frames"] == 3 and "summary" not in body[-1]
+    assert client.get("/readyz").status_code == 200

@@ -65,7 +65,15 @@ class VideoRun:
         pending.append((first_frame, done))
         step = 1
         try:
-            while (frame := await self._next_frame()) is not None:
+            while True:
+                try:
+                    frame = await self._next_frame()
+                except PoseError:  # a frame that does not decode: the frames before it are answered first
+                    while pending:
+                        yield await self._answer(*pending.popleft())
+                    raise
+                if frame is None:
+                    break
                 while pending and (len(pending) >= self.in_flight or self.session.carries_boxes(step)):
                     yield await self._answer(*pending.popleft())
                 task = asyncio.ensure_future(self.session.estimate(frame.image, step, self.deadline, patient=True))
