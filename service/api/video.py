@@ -19,7 +19,8 @@ from fastapi.responses import Response, StreamingResponse
 
 from posecore.errors import PoseError
 from service.api.deps import ready_service, service_state
-from service.api.pose import ERROR_RESPONSES, model_json, ms, person_json
+from service.api.pose import ERROR_RESPONSES, served_model
+from service.responses import person_fields, timings_ms
 from service.serving import PoseService
 from service.state import ServiceState
 from service.video.decode import VideoLimits, VideoReader
@@ -107,9 +108,9 @@ async def opened(request: Request, poser: PoseService, use: Callable[[VideoRun, 
 
 
 def frame_json(answer: FrameAnswer, names: list[str]) -> dict:
-    persons = [{"track_id": tracked.track_id, **person_json(tracked.person, names)} for tracked in answer.persons]
+    persons = [{"track_id": tracked.track_id, **person_fields(tracked.person, names)} for tracked in answer.persons]
     return {"frame": answer.frame.index, "time_s": answer.frame.time_s, "persons": persons,
-            "timings_ms": ms(answer.timings_s)}
+            "timings_ms": timings_ms(answer.timings_s)}
 
 
 @router.post("/v1/pose/video", responses={200: {"content": {"application/x-ndjson": {}}, "description":
@@ -117,8 +118,8 @@ def frame_json(answer: FrameAnswer, names: list[str]) -> dict:
              openapi_extra=video_body(), response_class=Response, summary="Keypoints and track IDs, frame by frame")
 async def pose_video(request: Request, poser: PoseService = Depends(ready_service)) -> Response:
     names = list(poser.codec.card.keypoints)
-    model = model_json(request)
-    errors = service_state(request).metrics.errors
+    model = served_model(request).model_dump()
+    metrics = service_state(request).metrics
 
     async def stream(run: VideoRun, stack: AsyncExitStack) -> Response:
         async def lines() -> AsyncIterator[bytes]:
@@ -127,7 +128,7 @@ async def pose_video(request: Request, poser: PoseService = Depends(ready_servic
                     yield _line(frame_json(answer, names))
                 yield _line({"summary": {**run.summary(), "model": model}})
             except PoseError as error:  # the answer has started: the error is its last line
-                errors.labels(code=error.code).inc()
+                metrics.count_error(error.code)
                 yield _line({"error": error.to_dict(), "frames": run.frames})
 
         return _Cleanup(lines(), "application/x-ndjson", stack)
@@ -179,7 +180,7 @@ async def pose_stream(websocket: WebSocket) -> None:
         limits = StreamLimits(settings.max_image_bytes, settings.max_image_pixels, settings.request_timeout_s,
                               settings.stream_queue_frames)
         stream = LiveStream(websocket, VideoSession(poser, options), limits, state.metrics,
-                            list(poser.codec.card.keypoints), person_json)
+                            list(poser.codec.card.keypoints))
         await stream.serve()
     finally:
         release()

@@ -14,8 +14,10 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
+from posecore.contract import Stage
 from posecore.errors import PoseError
 from service.metrics import Metrics
+from service.responses import timings_ms
 from service.serving import PoseResult
 from service.video.decode import Frame, VideoReader
 from service.video.session import TrackedPerson, VideoSession
@@ -28,8 +30,8 @@ class FrameAnswer:
     persons: list[TrackedPerson]
 
     @property
-    def timings_s(self) -> dict[str, float]:
-        return {"video": self.frame.decode_s, **self.result.timings_s}
+    def timings_s(self) -> dict[Stage, float]:
+        return {Stage.VIDEO: self.frame.decode_s, **self.result.timings_s}
 
 
 class VideoRun:
@@ -43,7 +45,7 @@ class VideoRun:
         self.period = 1.0 / fps if fps else None
         self.started = time.perf_counter()
         self.frames = 0
-        self.totals_s: dict[str, float] = {}
+        self.totals_s: dict[Stage, float] = {}
         self._frames: Iterator[Frame] = iter(reader)
         self._next_time: float | None = None
         self._first: tuple[Frame, PoseResult] | None = None
@@ -94,7 +96,7 @@ class VideoRun:
             "fps": info.fps, "smooth": self.session.smoother is not None,
             "detect_every": self.session.options.detect_every,
             "elapsed_s": round(elapsed, 4), "frames_per_s": round(self.frames / elapsed, 3) if elapsed else None,
-            "timings_ms": {stage: round(s * 1000, 3) for stage, s in self.totals_s.items()},
+            "timings_ms": timings_ms(self.totals_s),
         }
 
     async def _answer(self, frame: Frame, future: asyncio.Future[PoseResult]) -> FrameAnswer:
@@ -104,7 +106,7 @@ class VideoRun:
         self.frames += 1
         for stage, seconds in answer.timings_s.items():
             self.totals_s[stage] = self.totals_s.get(stage, 0.0) + seconds
-        self.metrics.stage_latency.labels(stage="video").observe(frame.decode_s)
+        self.metrics.stage_latency.labels(stage=Stage.VIDEO).observe(frame.decode_s)  # the rest: estimate_frame
         self.metrics.video_frames.labels(source="file").inc()
         self.metrics.video_tracks.labels(source="file").inc(self.session.tracks - tracks_before)
         return answer

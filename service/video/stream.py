@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from posecore.errors import PoseError
 from posecore.imaging import decode_image
 from service.metrics import Metrics
+from service.responses import person_fields, timings_ms
 from service.video.session import VideoSession
 
 
@@ -41,13 +42,12 @@ class _Waiting:
 
 class LiveStream:
     def __init__(self, websocket: WebSocket, session: VideoSession, limits: StreamLimits, metrics: Metrics,
-                 names: list[str], person_json) -> None:  # person_json: service.api.pose.person_json
+                 names: list[str]) -> None:
         self.websocket = websocket
         self.session = session
         self.limits = limits
         self.metrics = metrics
         self.names = names
-        self.person_json = person_json
         self.dropped = 0
         self.answered = 0
         self._queue: deque[_Waiting] = deque()
@@ -105,13 +105,13 @@ class LiveStream:
             step = self.session.steps
             result = await self.session.estimate(image, step, deadline, patient=True)
         except PoseError as error:
-            self.metrics.errors.labels(code=error.code).inc()
+            self.metrics.count_error(error.code)
             return {**head, "error": error.to_dict()}
         tracks_before = self.session.tracks
         tracked = self.session.follow(result, time_s)
         self.metrics.video_frames.labels(source="stream").inc()
         self.metrics.video_tracks.labels(source="stream").inc(self.session.tracks - tracks_before)
         width, height = result.image_wh
-        persons = [{"track_id": t.track_id, **self.person_json(t.person, self.names)} for t in tracked]
+        persons = [{"track_id": t.track_id, **person_fields(t.person, self.names)} for t in tracked]
         return {**head, "image": {"width": width, "height": height}, "persons": persons,
-                "timings_ms": {k: round(v * 1000, 3) for k, v in result.timings_s.items()}}
+                "timings_ms": timings_ms(result.timings_s)}
