@@ -4,6 +4,7 @@ sampling, detect_every, and every refusal as a 4xx JSON answer before any frame 
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import json
 import os
@@ -236,3 +237,28 @@ def test_a_frame_that_does_not_decode_ends_the_stream_with_an_error_line_after_t
     assert [line["frame"] for line in body[:-1]] == [0, 1, 2]
     assert body[-1]["error"]["code"] == "invalid_video" and body[-1]["frames"] == 3 and "summary" not in body[-1]
     assert client.get("/readyz").status_code == 200
+
+
+def test_a_video_keeps_at_most_its_frames_in_flight_and_images_are_served_beside_it():
+    settings = Settings(model_path=TINY, provider="cpu", video_frames_in_flight=2, max_queue_crops=3)
+    with TestClient(create_app(settings)) as client:
+        poser = client.app.state.service.poser
+        estimate, running, most = poser.estimate_frame, [0], [0]
+
+        async def counted(*args, **kwargs):
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            try:
+                return await estimate(*args, **kwargs)
+            finally:
+                running[0] -= 1
+
+        poser.estimate_frame = counted
+        video = encode_video(figure_frames(24, *WH))
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            answer = pool.submit(post_video, client, video)
+            images = [client.post("/v1/pose", files={"image": ("f.png", png_bytes(figure_frames(1, *WH)[0]),
+                                                                "image/png")}) for _ in range(6)]
+            frames = lines(answer.result())[:-1]
+    assert len(frames) == 24 and most[0] == 2  # pipelined, and never more than POSE_VIDEO_FRAMES_IN_FLIGHT
+    assert [r.status_code for r in images] == [200] * 6  # the video's 2 crops leave room for an image's one
