@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from model_export.data.validation import InputDataError, check_evaluation_files, image_path, readable_image
 from posecore import coco
 from posecore.backend import OrtBackend
 from posecore.boxes import parse_boxes
@@ -82,8 +83,9 @@ class EvaluationResult:
 # ---- person boxes -------------------------------------------------------------------------------------------
 
 def load_images(coco_gt, image_dir: str | os.PathLike) -> list[ImageEntry]:
-    return [ImageEntry(int(image["id"]), Path(image_dir) / image["file_name"], int(image["width"]),
-                       int(image["height"]))
+    """The annotated images; a file name that would leave `image_dir` raises InputDataError."""
+    return [ImageEntry(int(image["id"]), image_path(Path(image_dir), image["file_name"], f"image {image['id']}"),
+                       int(image["width"]), int(image["height"]))
             for image in coco_gt.loadImgs(coco_gt.getImgIds())]
 
 
@@ -120,7 +122,9 @@ def detection_person_boxes(detections_file: str | os.PathLike,
 
 def detected_person_boxes(detector: PersonDetector, image: ImageEntry) -> np.ndarray:
     """(N, 5) x, y, w, h, score: the persons `detector` finds in the image (its threshold, NMS, clip and cap)."""
-    return detector.detect(decode_image(image.path.read_bytes(), LOCAL_MAX_IMAGE_BYTES, LOCAL_MAX_IMAGE_PIXELS))
+    with readable_image(image.path):
+        decoded = decode_image(image.path.read_bytes(), LOCAL_MAX_IMAGE_BYTES, LOCAL_MAX_IMAGE_PIXELS)
+    return detector.detect(decoded)
 
 
 def usable_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, int]:
@@ -305,7 +309,8 @@ def evaluate(
         if len(boxes) == 0:
             continue
         num_boxes += len(boxes)
-        persons = runner(image.path.read_bytes(), boxes, flip)
+        with readable_image(image.path):  # a file that is missing or does not decode: one line naming it
+            persons = runner(image.path.read_bytes(), boxes, flip)
         if tuple(getattr(runner, "last_image_wh", (image.width, image.height))) != (image.width, image.height):
             mismatches.append(image.image_id)  # e.g. an EXIF orientation the service applied
         predictions.extend(to_prediction(image.image_id, person, aspect_ratio) for person in persons)
@@ -417,6 +422,11 @@ def run_evaluate_command(args: Any) -> int:
         if path is not None and not path.exists():
             print(f"evaluate: {what} not found: {path}", file=sys.stderr)
             return 2
+    try:
+        check_evaluation_files(args.annotations, args.images, args.detections)
+    except InputDataError as error:
+        print(f"evaluate: {error}", file=sys.stderr)
+        return 2
     runner: ServiceRunner | LocalRunner | None = None
     try:
         detector = None if args.detector is None else PersonDetector(
@@ -428,6 +438,9 @@ def run_evaluate_command(args: Any) -> int:
             runner = LocalRunner.from_onnx(args.model, args.provider, args.batch_size, args.threads)
         result = evaluate(args.annotations, args.images, runner, runner.card, args.detections, args.flip,
                           args.det_threshold, args.oks_threshold, progress=not args.no_progress, detector=detector)
+    except InputDataError as error:  # an image that does not decode
+        print(f"evaluate: {error}", file=sys.stderr)
+        return 2
     except (ModelLoadError, OSError, ValueError, RuntimeError) as error:
         print(f"evaluate failed: {error}", file=sys.stderr)
         return 1
