@@ -89,7 +89,10 @@ class PoseClient:
         # not under the concurrency gate: a generator the caller abandons would hold it (the service bounds
         # concurrent videos itself, POSE_MAX_CONCURRENT_VIDEOS)
         yield from pose_video(self._http, self.retry, path, {"smooth": smooth, "fps": fps,
-                                                             "detect_every": detect_every, "flip": flip, **options})
+                                                             "detect_every": detect_every,
+                                                             "flip": self.options.flip if flip is None else flip,
+                                                             **options},
+                              self.timeout)
 
     def stream(self, frames: Iterable[bytes], **options: Any) -> Iterator[VideoFrame]:
         """WS /v1/pose/stream: send encoded frames (JPEG/PNG bytes), get one answer per frame served (needs

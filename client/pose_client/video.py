@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from pose_client.calls import delay_after_error, delay_after_response
+from pose_client.deadline import CallDeadline
 from pose_client.errors import PoseAPIError
 from pose_client.models import Person
 from pose_client.retry import RetryPolicy, RetryState
@@ -57,14 +58,16 @@ def video_params(options: dict[str, Any]) -> dict[str, str]:
     return {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in options.items() if v is not None}
 
 
-def pose_video(http: httpx.Client, retry: RetryPolicy, path: str | Path,
-               options: dict[str, Any]) -> Iterator[VideoFrame | VideoSummary]:
+def pose_video(http: httpx.Client, retry: RetryPolicy, path: str | Path, options: dict[str, Any],
+               timeout: float) -> Iterator[VideoFrame | VideoSummary]:
     """Yields each frame as the service finishes it, then the summary. A refusal before the answer starts is
-    retried like any call (429/503 with Retry-After) or raised as PoseAPIError; a failure after it has started
-    is raised as PoseAPIError with status 200 (the frames before it were yielded)."""
+    retried like any call (429/503 with Retry-After, within `timeout` seconds of the call's start) or raised as
+    PoseAPIError; a failure after it has started is raised as PoseAPIError with status 200 (the frames before it
+    were yielded). Once streaming, each read waits at most httpx's timeout: a long video is not cut short."""
     path = Path(path)
     kind = VIDEO_TYPES.get(path.suffix.lower(), "application/octet-stream")
     state = RetryState(retry)
+    deadline = CallDeadline(timeout, f"{http.base_url}/v1/pose/video")
     while True:
         with path.open("rb") as body:
             try:
@@ -74,9 +77,9 @@ def pose_video(http: httpx.Client, retry: RetryPolicy, path: str | Path,
                         yield from _lines(response)
                         return
                     response.read()
-                    delay = delay_after_response(response, state)
+                    delay = delay_after_response(response, state, deadline)
             except httpx.HTTPError as error:
-                delay = delay_after_error(error, state, f"{http.base_url}/v1/pose/video")
+                delay = delay_after_error(error, state, deadline)
         time.sleep(delay)
 
 
