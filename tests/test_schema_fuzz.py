@@ -170,6 +170,7 @@ def test_refusals_while_not_ready_conform_to_the_schema(tiny_onnx):
         assert failure is None, (label, failure)
     assert {label: statuses for label, (statuses, _) in results.items()} == {
         "POST /v1/pose": {503}, "POST /v1/pose/render": {503}, "POST /v1/pose/batch": {503},
+        "POST /v1/pose/video": {503}, "POST /v1/pose/video/render": {503},
         "GET /v1/model": {200}, "GET /livez": {200}, "GET /readyz": {503}, "GET /metrics": {200},
         "GET /v2": {200}, "GET /v2/health/live": {200}, "GET /v2/health/ready": {503},
         "GET /v2/models/{model_name}": {200}, "GET /v2/models/{model_name}/versions/{model_version}": {200},
