@@ -171,7 +171,7 @@ def test_requests_that_are_not_videos_or_have_bad_options(client, video):
     assert_error(client.post("/v1/pose/video", files={"image": ("v.mp4", video, "video/mp4")}), 400,
                  "invalid_request")
     for name, value in [("fps", "0"), ("fps", "nan"), ("detect_every", "0"), ("smooth", "maybe"),
-                        ("smooth_beta", "-1")]:
+                        ("smooth_beta", "-1"), ("track_threshold", "1.5"), ("track_max_missing", "-1")]:
         assert_error(post_video(client, video, **{name: value}), 400, "invalid_request")
 
 

@@ -121,3 +121,14 @@ def test_the_similarities_are_coco_oks_and_iou():
     low[:, 2] = 0.1
     assert keypoint_oks(a, low, 4000.0, sigmas) is None
     assert box_iou(np.array([0, 0, 10, 10]), np.array([5, 0, 10, 10])) == pytest.approx(50 / 150)
+
+
+def test_the_tracking_options_reach_the_tracker():
+    from service.video.options import read_options
+    from service.video.session import VideoSession
+
+    options = read_options([{"track_threshold": "0.5", "track_max_missing": "0"}], default_flip=False)
+    tracker = VideoSession(poser=None, options=options).tracker  # type: ignore[arg-type]
+    assert (tracker.match_threshold, tracker.max_missing) == (0.5, 0)
+    defaults = VideoSession(poser=None, options=read_options([], default_flip=False)).tracker  # type: ignore[arg-type]
+    assert (defaults.match_threshold, defaults.max_missing) == (0.3, 10)

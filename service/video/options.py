@@ -18,6 +18,8 @@ class VideoOptions:
     fps: float | None = None  # sample the video down to at most this many frames per second
     detect_every: int = 1  # run the detector on every k-th frame; between, boxes come from the last keypoints
     one_euro: OneEuroParams = field(default_factory=OneEuroParams)
+    track_threshold: float = 0.3  # OKS (IoU) a person must reach to continue a track: mmpose's tracking_thr
+    track_max_missing: int = 10  # frames a track survives unmatched: mmdeploy's track_max_missing
 
 
 def _bool(name: str, text: str) -> bool:
@@ -39,10 +41,17 @@ def _number(name: str, text: str, low: float, *, above: bool = False) -> float:
     return value
 
 
-def _count(name: str, text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1 or int(text) > 10_000:
-        raise PoseError("invalid_request", f"'{name}' must be a whole number from 1 to 10000, not {text[:20]!r}")
+def _count(name: str, text: str, low: int = 1) -> int:
+    if not text.strip().isdigit() or int(text) < low or int(text) > 10_000:
+        raise PoseError("invalid_request", f"'{name}' must be a whole number from {low} to 10000, not {text[:20]!r}")
     return int(text)
+
+
+def _fraction(name: str, text: str) -> float:
+    value = _number(name, text, 0.0, above=True)
+    if value > 1:
+        raise PoseError("invalid_request", f"'{name}' must be in (0, 1]")
+    return value
 
 
 OPTIONS: dict[str, tuple[Callable[[str, str], Any], str]] = {
@@ -57,6 +66,9 @@ OPTIONS: dict[str, tuple[Callable[[str, str], Any], str]] = {
     "smooth_beta": (lambda n, t: _number(n, t, 0.0), "One-Euro speed coefficient, per pixel/s (default 0.007)."),
     "smooth_d_cutoff": (lambda n, t: _number(n, t, 0.0, above=True), "One-Euro cutoff of the speed, Hz "
                         "(default 1.0)."),
+    "track_threshold": (_fraction, "Similarity (OKS, or box IoU) a person needs to keep a track's ID (default 0.3)."),
+    "track_max_missing": (lambda n, t: _count(n, t, 0), "Frames a person may go unseen and keep their ID "
+                          "(default 10)."),
 }
 
 
@@ -80,11 +92,13 @@ def read_options(sources: list[Mapping[str, Any]], default_flip: bool) -> VideoO
         one_euro=OneEuroParams(values.get("smooth_min_cutoff", defaults.min_cutoff),
                                values.get("smooth_beta", defaults.beta),
                                values.get("smooth_d_cutoff", defaults.d_cutoff)),
+        track_threshold=values.get("track_threshold", 0.3),
+        track_max_missing=values.get("track_max_missing", 10),
     )
 
 
 def query_parameters() -> list[dict[str, Any]]:
     """OpenAPI parameters of the options."""
-    kinds = {"flip": "boolean", "smooth": "boolean", "detect_every": "integer"}
+    kinds = {"flip": "boolean", "smooth": "boolean", "detect_every": "integer", "track_max_missing": "integer"}
     return [{"name": name, "in": "query", "required": False, "schema": {"type": kinds.get(name, "number")},
              "description": doc} for name, (_, doc) in OPTIONS.items()]

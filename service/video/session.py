@@ -51,7 +51,7 @@ class VideoSession:
     def __init__(self, poser: PoseService, options: VideoOptions) -> None:
         self.poser = poser
         self.options = options
-        self.tracker = PoseTracker()
+        self.tracker = PoseTracker(options.track_threshold, options.track_max_missing)
         self.smoother = PoseSmoother(options.one_euro) if options.smooth else None
         self.steps = 0  # frames followed so far
         self._carried: np.ndarray | None = None
