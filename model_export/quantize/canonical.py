@@ -80,6 +80,8 @@ def _constants_to_initializers(g: _Graph) -> None:
         if node.op_type != "Constant" or node.output[0] in g.outputs:
             continue
         attribute = node.attribute[0]
+        if attribute.name not in ("value", "value_float", "value_floats", "value_int", "value_ints"):
+            continue  # sparse or string constants: left as they are
         value = helper.get_attribute_value(attribute)
         array = numpy_helper.to_array(value) if attribute.name == "value" else np.asarray(
             value, dtype=np.float32 if attribute.name.startswith("value_float") else np.int64)

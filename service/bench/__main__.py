@@ -200,7 +200,7 @@ def markdown(result: dict, r: dict[str, float], v: dict[str, bool], env: dict) -
     if "int8_card" in result:
         lines += ["", describe_int8(result["int8_card"]), "",
                   f"INT8 ceiling sweep (crops/s by batch size): {result['int8_sweep']}"]
-    lines += result["int8_pairs"]
+    lines += result.get("int8_pairs", [])
     if "bare_photo" in result:
         lines += ["", result["bare_photo"]]
     lines += ["", f"Ceiling sweep (crops/s by batch size): {result['sweep']}", "",
