@@ -24,6 +24,7 @@ from pose_client.calls import (
 from pose_client.errors import PoseClientError
 from pose_client.inputs import Box, ImageInput, boxes_per_image, read_image
 from pose_client.models import PoseResult, RenderedImage
+from pose_client.options import PoseOptions
 from pose_client.progress import make_progress
 from pose_client.retry import RetryPolicy, RetryState
 
@@ -31,12 +32,14 @@ from pose_client.retry import RetryPolicy, RetryState
 class AsyncPoseClient:
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT_S,
                  max_concurrency: int = DEFAULT_CONCURRENCY, max_retries: int = 8,
-                 retry: RetryPolicy | None = None, transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 retry: RetryPolicy | None = None, options: PoseOptions | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         self.base_url = base_url.rstrip("/")
         self.max_concurrency = max_concurrency
         self.retry = retry or RetryPolicy(max_retries=max_retries)
+        self.options = options or PoseOptions()  # for every call that brings none
         self._gate = asyncio.Semaphore(max_concurrency)
         self._http = httpx.AsyncClient(
             base_url=self.base_url, headers=auth_headers(api_key), timeout=timeout, transport=transport,
@@ -53,15 +56,16 @@ class AsyncPoseClient:
         await self._http.aclose()
 
     # -- calls ----------------------------------------------------------------------------------
-    async def pose(self, image: ImageInput, boxes: Sequence[Box] | None = None, flip: bool | None = None,
-                   box_format: str = "xywh", detect: bool | None = None) -> PoseResult:
+    async def pose(self, image: ImageInput, boxes: Sequence[Box] | None = None,
+                   options: PoseOptions | None = None) -> PoseResult:
         """Keypoints of the people in one image. boxes None: the service's person detector finds them (without one,
-        or with detect=False, the whole image is one person); []: nobody. flip None: the service's default."""
-        return pose_result(await self._send(pose_call(read_image(image), boxes, flip, box_format, detect)))
+        or with detect=False, the whole image is one person); []: nobody. options None: the client's."""
+        return pose_result(await self._send(pose_call(read_image(image), boxes, options or self.options)))
 
-    async def render(self, image: ImageInput, boxes: Sequence[Box] | None = None, flip: bool | None = None,
-                     box_format: str = "xywh", detect: bool | None = None, format: str = "jpeg") -> RenderedImage:
-        return rendered_image(await self._send(render_call(read_image(image), boxes, flip, box_format, detect, format)))
+    async def render(self, image: ImageInput, boxes: Sequence[Box] | None = None, options: PoseOptions | None = None,
+                     format: str = "jpeg") -> RenderedImage:
+        """The image with the skeletons drawn (JPEG or PNG bytes in `.content`)."""
+        return rendered_image(await self._send(render_call(read_image(image), boxes, options or self.options, format)))
 
     async def model(self) -> dict[str, Any]:
         card: dict[str, Any] = (await self._send(Call("GET", "/v1/model"))).json()
@@ -69,19 +73,16 @@ class AsyncPoseClient:
 
     @overload
     async def pose_many(self, images: Sequence[ImageInput], boxes: Sequence[Sequence[Box] | None] | None = None,
-                        flip: bool | None = None, box_format: str = "xywh", detect: bool | None = None,
-                        progress: bool = False,
+                        options: PoseOptions | None = None, progress: bool = False,
                         return_exceptions: Literal[False] = False) -> list[PoseResult]: ...
 
     @overload
     async def pose_many(self, images: Sequence[ImageInput], boxes: Sequence[Sequence[Box] | None] | None = None,
-                        flip: bool | None = None, box_format: str = "xywh", detect: bool | None = None,
-                        progress: bool = False, *,
+                        options: PoseOptions | None = None, progress: bool = False, *,
                         return_exceptions: Literal[True]) -> list[PoseResult | PoseClientError]: ...
 
     async def pose_many(self, images: Sequence[ImageInput], boxes: Sequence[Sequence[Box] | None] | None = None,
-                        flip: bool | None = None, box_format: str = "xywh", detect: bool | None = None,
-                        progress: bool = False,
+                        options: PoseOptions | None = None, progress: bool = False,
                         return_exceptions: bool = False) -> list[PoseResult] | list[PoseResult | PoseClientError]:
         """One result per image, in input order. A fixed set of `max_concurrency` workers takes the images in turn,
         so only that many are read into memory at once. With return_exceptions, a failed image's entry is its
@@ -94,7 +95,7 @@ class AsyncPoseClient:
         async def worker() -> None:
             for index in indices:  # one shared iterator: each index goes to exactly one worker
                 try:
-                    results[index] = await self.pose(images[index], per_image[index], flip, box_format, detect)
+                    results[index] = await self.pose(images[index], per_image[index], options)
                 except PoseClientError as error:
                     if not return_exceptions:
                         raise

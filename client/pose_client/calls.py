@@ -13,6 +13,7 @@ import httpx
 from pose_client.errors import PoseConnectionError, PoseTimeoutError, error_from_response, retry_after_seconds
 from pose_client.inputs import Box, pose_form
 from pose_client.models import PoseResult, RenderedImage
+from pose_client.options import PoseOptions
 from pose_client.retry import RETRY_TRANSPORT_ERRORS, RetryState, should_retry_status
 
 RENDER_FORMATS = ("jpeg", "png")
@@ -41,17 +42,15 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"X-API-Key": api_key} if api_key else {}
 
 
-def pose_call(image: bytes, boxes: Sequence[Box] | None, flip: bool | None, box_format: str,
-              detect: bool | None) -> Call:
-    data, files = pose_form(image, boxes, flip, box_format, detect)
+def pose_call(image: bytes, boxes: Sequence[Box] | None, options: PoseOptions) -> Call:
+    data, files = pose_form(image, boxes, options)
     return Call("POST", "/v1/pose", data=data, files=files)
 
 
-def render_call(image: bytes, boxes: Sequence[Box] | None, flip: bool | None, box_format: str,
-                detect: bool | None, image_format: str) -> Call:
+def render_call(image: bytes, boxes: Sequence[Box] | None, options: PoseOptions, image_format: str) -> Call:
     if image_format not in RENDER_FORMATS:
         raise ValueError(f"format must be one of {RENDER_FORMATS}, not {image_format!r}")
-    data, files = pose_form(image, boxes, flip, box_format, detect)
+    data, files = pose_form(image, boxes, options)
     return Call("POST", "/v1/pose/render", params={"format": image_format}, data=data, files=files)
 
 
