@@ -19,7 +19,8 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import onnx
@@ -41,8 +42,9 @@ from model_export.quantize.graph import find_float_layers, pre_process, upgrade_
 from model_export.quantize.layers import LayerError, layer_errors
 from model_export.quantize.ranges import METHODS, Ranges, calibrate, quiet
 from model_export.quantize.record import head_comparison, quantized_card, report_json
-from model_export.quantize.search import SearchResult, Step, Target, rank_candidates, search
-from model_export.quantize.speed import NO_GAIN, SpeedComparison, SpeedProbe, measure_speed
+from model_export.quantize.search import SearchResult, Step, rank_candidates, search
+from model_export.quantize.settings import QuantizeSettings
+from model_export.quantize.speed import NO_GAIN, SpeedComparison, measure_speed
 from posecore.backend import OrtBackend
 from posecore.modelcard import ModelCard, card_path_for, read_card
 
@@ -58,33 +60,6 @@ class AgreementTooLow(RuntimeError):
 
 class NotFaster(RuntimeError):
     """The INT8 model is not faster than its parent on this machine; nothing was written."""
-
-
-@dataclass
-class QuantizeSettings:
-    model: Path
-    output: Path
-    annotations: Path
-    images: Path
-    max_crops: int = 256
-    held_out_fraction: float = 0.25
-    max_held_out_crops: int = 128
-    method: str = "percentile"
-    percentile: float = 99.999
-    head_method: str | None = "minmax"  # the head's activation ranges (None: `method` everywhere)
-    exclude: tuple[str, ...] = ()
-    float_ends: bool = True  # first and heatmap convolutions in float (False: for measuring what that buys)
-    search: bool = True  # the mixed-precision search when the target is not met
-    float_budget: int = 8  # at most this many layers added to float by the search
-    search_top_k: int = 3  # layers tried per search step (the noisiest of the per-layer report)
-    target: Target = field(default_factory=Target)
-    per_channel: bool = True
-    reduce_range: bool = False  # 7-bit weights: for x86 CPUs without VNNI (see README)
-    accept_low_agreement: bool = False
-    allow_slower: bool = False
-    speed_probe: SpeedProbe | None = None  # None: measure_speed (tests pass a probe to force either verdict)
-    batch_size: int = 4
-    seed: int = 0
 
 
 @dataclass
@@ -170,7 +145,8 @@ def quantize_model(settings: QuantizeSettings) -> QuantizeResult:
         log.info("INT8 vs float32 on held-out crops: %s", agreement.summary())
         if not settings.target.met(agreement) and not settings.accept_low_agreement:
             raise AgreementTooLow(_how_close(settings, agreement, found))
-        comparison = head_comparison(job, list(float_layers), ranges, errors, prepared, held_batches, evaluate, work)
+        comparison = head_comparison(settings, partial(job.quantize, uniform=True), list(float_layers), ranges, errors,
+                                     prepared, held_batches, evaluate, work)
         speed = (settings.speed_probe or measure_speed)(upgraded, found.model, batch_size, held_out.inputs)
         log.info("%s", speed.summary())
         if not speed.faster and not settings.allow_slower:

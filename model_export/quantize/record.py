@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import onnx
@@ -18,33 +18,32 @@ from model_export.quantize.graph import default_opset
 from model_export.quantize.layers import LayerError, layer_errors
 from model_export.quantize.ranges import Ranges
 from model_export.quantize.search import SearchResult, Step
+from model_export.quantize.settings import QuantizeSettings
 from model_export.quantize.speed import SpeedComparison
 from posecore.modelcard import ModelCard, QuantizationInfo
-
-if TYPE_CHECKING:
-    from model_export.quantize.quantizer import QuantizeSettings, _Job
 
 
 def method_label(settings: QuantizeSettings) -> str:
     return f"percentile {settings.percentile:g}" if settings.method == "percentile" else settings.method
 
 
-def head_comparison(job: _Job, float_layers: list[str], ranges: Ranges, errors: list[LayerError], prepared: Path,
+def head_comparison(settings: QuantizeSettings, quantize_uniform: Callable[[list[str], Path], Path],
+                    float_layers: list[str], ranges: Ranges, errors: list[LayerError], prepared: Path,
                     held_batches: list[np.ndarray], evaluate: Callable[[Path], Agreement],
                     work: Path) -> dict[str, Any] | None:
     """The head's layers with their own (MinMax) ranges against the same model with the main method's ranges
     everywhere (same float layers): the noise each head layer adds, and the heatmaps' agreement, both ways."""
     if not ranges.head_tensors:
         return None
-    uniform = job.quantize(float_layers, work / "uniform-ranges.onnx", uniform=True)
+    uniform = quantize_uniform(float_layers, work / "uniform-ranges.onnx")
     uniform_errors = {e.name: e for e in layer_errors(prepared, uniform, held_batches)}
     head = set(ranges.head_tensors)
     rows = [{"name": e.name, "op_type": e.op_type, "added_db": round(e.added_db, 2),
-             f"added_db_with_{method_label(job.settings).split()[0]}_ranges": round(uniform_errors[e.name].added_db, 2),
+             f"added_db_with_{method_label(settings).split()[0]}_ranges": round(uniform_errors[e.name].added_db, 2),
              "sqnr_db": round(e.sqnr_db, 2),
-             f"sqnr_db_with_{method_label(job.settings).split()[0]}_ranges": round(uniform_errors[e.name].sqnr_db, 2)}
+             f"sqnr_db_with_{method_label(settings).split()[0]}_ranges": round(uniform_errors[e.name].sqnr_db, 2)}
             for e in errors if e.tensor in head and e.int8 and e.name in uniform_errors]
-    return {"head_method": job.settings.head_method, "other_method": method_label(job.settings),
+    return {"head_method": settings.head_method, "other_method": method_label(settings),
             "head_tensors": len(head), "layers": rows,
             "agreement_with_uniform_ranges": evaluate(uniform).as_dict()}
 
