@@ -26,7 +26,7 @@ def test_a_pair_is_timed_alike_and_reported_with_its_card():
     row = table[-1]
     agreement = pair.card.quantization.agreement  # type: ignore[union-attr]
     ratio = phases["pair0_int8"].crops_per_s / phases["pair0_fp32"].crops_per_s
-    assert row.startswith("| `tiny_coco_mini_128x96.int8` ") and f"{agreement['heatmap_sqnr_db']} dB" in row
+    assert row.startswith("| `tiny_coco_mini_128x96.int8` ") and f"{agreement['heatmap_sqnr_db']:.1f} dB" in row
     assert f"**{ratio:.2f}x**" in row and "unknown" in row  # a test model's card knows no AP
     assert table[-3:-1] == PAIR_HEADER and pair_table([], phases) == []
 

@@ -89,11 +89,19 @@ class Int8Pair:
         searched = len(q.search) if q else 0
         recorded = q.speed.get("int8_over_parent") if q and q.speed else None
         ap = self.parent_card.weights.ap
-        return (f"| `{self.card.name}` ({self.card.arch}) | {a.get('heatmap_sqnr_db')} dB | {a.get('median_px')} / "
-                f"{a.get('p95_px')} | {a.get('within_one_heatmap_px')} | {len(q.float_layers) if q else 0} "
-                f"({searched} by the search) | {ap if ap is not None else 'unknown'} | {fp32.crops_per_s:.1f} | "
-                f"{int8.crops_per_s:.1f} | **{int8.crops_per_s / fp32.crops_per_s:.2f}x** | "
-                f"{recorded if recorded is not None else '-'} |")
+        within = a.get("within_one_heatmap_px")
+        untrained = "" if self.parent_card.trained else ", untrained: agreement meaningless"
+        return (f"| `{self.card.name}` ({self.card.arch}{untrained}) | {_number(a.get('heatmap_sqnr_db'), '.1f')} dB | "
+                f"{_number(a.get('median_px'), '.2f')} / {_number(a.get('p95_px'), '.1f')} | "
+                f"{_number(None if within is None else 100 * within, '.1f')}% | "
+                f"{len(q.float_layers) if q else 0} ({searched} by the search) | "
+                f"{ap if ap is not None else 'unknown'} | "
+                f"{fp32.crops_per_s:.1f} | {int8.crops_per_s:.1f} | **{int8.crops_per_s / fp32.crops_per_s:.2f}x** | "
+                f"{_number(recorded, '.2f')}x |")
+
+
+def _number(value: object, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) else "-"
 
 
 PAIR_HEADER = ["| INT8 model | heatmap SQNR | keypoints median / p95 (px) | within 1 heatmap px | float layers | "
