@@ -336,3 +336,12 @@ def test_percentile_beats_minmax_on_few_crops_of_a_trained_model(people, tmp_pat
 def test_int8_heatmaps_run_through_the_service_backend(quantized):
     heatmaps = run_model(quantized.output, np.zeros((5, 3, *SMALL_INPUT), np.float32), max_batch=4)
     assert heatmaps.shape == (5, 17, 32, 24) and heatmaps.dtype == np.float32
+
+
+def test_cli_exit_code_3_when_int8_is_not_faster(fp32_model, photos, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("model_export.quantize.quantizer.measure_speed", speed_probe(0.7))
+    output = tmp_path / "slow.int8.onnx"
+    code = main(["quantize", "--model", str(fp32_model), "--output", str(output), "--calibration-annotations",
+                 str(photos[0]), "--calibration-images", str(photos[1]), "--max-crops", "8", "--max-held-out-crops",
+                 "4", "--no-search", "--target-median-px", "1e9", "--target-within-one", "0"])
+    assert code == 3 and capsys.readouterr().err.startswith(NO_GAIN) and not output.exists()
