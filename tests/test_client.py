@@ -164,13 +164,14 @@ def test_concurrent_pose_many_against_a_shedding_server_all_finish(shedding_serv
     before = overloaded_count(url)
     outcomes: dict[str, list[PoseResult]] = {}
     retry = RetryPolicy(max_retries=15, budget_s=120)
+    timeout = 300  # each call's total: longer than the waiting budget, so the budget is what gives up first
 
     def sync_caller(name: str) -> None:
-        with PoseClient(url, api_key=API_KEY, max_concurrency=4, retry=retry) as client:
+        with PoseClient(url, api_key=API_KEY, max_concurrency=4, retry=retry, timeout=timeout) as client:
             outcomes[name] = client.pose_many(images)
 
     async def async_callers() -> None:
-        async with AsyncPoseClient(url, api_key=API_KEY, max_concurrency=4, retry=retry) as client:
+        async with AsyncPoseClient(url, api_key=API_KEY, max_concurrency=4, retry=retry, timeout=timeout) as client:
             results = await asyncio.gather(client.pose_many(images), client.pose_many(images))
         outcomes["async-1"], outcomes["async-2"] = results
 

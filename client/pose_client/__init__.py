@@ -13,6 +13,7 @@ from pose_client.client import PoseClient
 from pose_client.errors import (
     DeadlineExceededError,
     InvalidRequestError,
+    InvalidResponseError,
     OverloadedError,
     PoseAPIError,
     PoseClientError,
@@ -31,6 +32,7 @@ __all__ = [
     "DeadlineExceededError",
     "ImageSize",
     "InvalidRequestError",
+    "InvalidResponseError",
     "Keypoint",
     "ModelInfo",
     "OverloadedError",

@@ -16,11 +16,13 @@ from pose_client.calls import (
     auth_headers,
     delay_after_error,
     delay_after_response,
+    model_card,
     pose_call,
     pose_result,
     render_call,
     rendered_image,
 )
+from pose_client.deadline import CallDeadline
 from pose_client.errors import PoseClientError
 from pose_client.inputs import Box, ImageInput, boxes_per_image, read_image
 from pose_client.models import PoseResult, RenderedImage
@@ -36,6 +38,9 @@ class AsyncPoseClient:
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        if not timeout > 0:
+            raise ValueError("timeout must be positive")
+        self.timeout = timeout  # each call's total, from its start to the last byte of its answer, retries included
         self.base_url = base_url.rstrip("/")
         self.max_concurrency = max_concurrency
         self.retry = retry or RetryPolicy(max_retries=max_retries)
@@ -68,8 +73,7 @@ class AsyncPoseClient:
         return rendered_image(await self._send(render_call(read_image(image), boxes, options or self.options, format)))
 
     async def model(self) -> dict[str, Any]:
-        card: dict[str, Any] = (await self._send(Call("GET", "/v1/model"))).json()
-        return card
+        return model_card(await self._send(Call("GET", "/v1/model")))
 
     @overload
     async def pose_many(self, images: Sequence[ImageInput], boxes: Sequence[Sequence[Box] | None] | None = None,
@@ -115,14 +119,25 @@ class AsyncPoseClient:
 
     # -- transport ------------------------------------------------------------------------------
     async def _send(self, call: Call) -> httpx.Response:
+        deadline = CallDeadline(self.timeout, self.base_url + call.path)
         state = RetryState(self.retry)
         async with self._gate:  # held while waiting to retry too: a shed client must not add load elsewhere
             while True:
                 try:
-                    response = await self._http.request(call.method, call.path, **call.request_kwargs())
+                    response = await self._attempt(call, deadline, state.attempts)
                 except httpx.HTTPError as error:
-                    await asyncio.sleep(delay_after_error(error, state, self.base_url + call.path))
+                    await asyncio.sleep(delay_after_error(error, state, deadline))
                     continue
                 if response.is_success:
                     return response
-                await asyncio.sleep(delay_after_response(response, state))
+                await asyncio.sleep(delay_after_response(response, state, deadline))
+
+    async def _attempt(self, call: Call, deadline: CallDeadline, attempts: int) -> httpx.Response:
+        """One request, its answer read in full, cancelled when the call's deadline passes (however slowly the
+        server sends)."""
+        remaining = deadline.left(attempts)
+        request = self._http.request(call.method, call.path, timeout=remaining, **call.request_kwargs())
+        try:
+            return await asyncio.wait_for(request, remaining)
+        except asyncio.TimeoutError:
+            raise deadline.expired_error(attempts) from None

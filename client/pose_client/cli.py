@@ -31,7 +31,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="without boxes: the service's person detector (default: on when it has one)")
     parser.add_argument("--api-key", default=os.environ.get("POSE_API_KEY"), help="default: $POSE_API_KEY")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per attempt (default 60)")
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds per image, from its request to its answer's last byte, retries included "
+                             "(default 60)")
     parser.add_argument("--max-retries", type=int, default=8, help="per image, on 429/503/connection errors")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)

@@ -18,11 +18,13 @@ from pose_client.calls import (
     auth_headers,
     delay_after_error,
     delay_after_response,
+    model_card,
     pose_call,
     pose_result,
     render_call,
     rendered_image,
 )
+from pose_client.deadline import CallDeadline, rebuilt
 from pose_client.errors import PoseClientError
 from pose_client.inputs import Box, ImageInput, boxes_per_image, read_image
 from pose_client.models import PoseResult, RenderedImage
@@ -38,6 +40,9 @@ class PoseClient:
                  transport: httpx.BaseTransport | None = None) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        if not timeout > 0:
+            raise ValueError("timeout must be positive")
+        self.timeout = timeout  # each call's total, from its start to the last byte of its answer, retries included
         self.base_url = base_url.rstrip("/")
         self.max_concurrency = max_concurrency
         self.retry = retry or RetryPolicy(max_retries=max_retries)
@@ -71,8 +76,7 @@ class PoseClient:
 
     def model(self) -> dict[str, Any]:
         """The served model's card (GET /v1/model)."""
-        card: dict[str, Any] = self._send(Call("GET", "/v1/model")).json()
-        return card
+        return model_card(self._send(Call("GET", "/v1/model")))
 
     @overload
     def pose_many(self, images: Sequence[ImageInput], boxes: Sequence[Sequence[Box] | None] | None = None,
@@ -120,15 +124,33 @@ class PoseClient:
 
     # -- transport ------------------------------------------------------------------------------
     def _send(self, call: Call) -> httpx.Response:
+        deadline = CallDeadline(self.timeout, self.base_url + call.path)
         state = RetryState(self.retry)
         with self._gate:  # held while waiting to retry too: a shed client must not add load elsewhere
             while True:
                 try:
-                    response = self._http.request(call.method, call.path, **call.request_kwargs())
+                    response = self._attempt(call, deadline, state.attempts)
                 except httpx.HTTPError as error:
-                    time.sleep(delay_after_error(error, state, self.base_url + call.path))
+                    time.sleep(delay_after_error(error, state, deadline))
                     continue
                 if response.is_success:
                     return response
-                time.sleep(delay_after_response(response, state))
+                time.sleep(delay_after_response(response, state, deadline))
+
+    def _attempt(self, call: Call, deadline: CallDeadline, attempts: int) -> httpx.Response:
+        """One request, its answer streamed and the call's deadline checked after every read: httpx's timeout
+        bounds each read only (and is set to what is left of the deadline)."""
+        request = self._http.build_request(call.method, call.path, timeout=deadline.left(attempts),
+                                           **call.request_kwargs())
+        streamed = self._http.send(request, stream=True)
+        if streamed.is_stream_consumed:  # a transport that answers from memory (httpx.MockTransport)
+            return streamed
+        try:
+            raw = bytearray()
+            for chunk in streamed.iter_raw():
+                raw += chunk
+                deadline.check(attempts)
+        finally:
+            streamed.close()
+        return rebuilt(streamed, bytes(raw))
 
