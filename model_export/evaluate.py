@@ -36,7 +36,9 @@ from posecore import coco
 from posecore.backend import OrtBackend
 from posecore.boxes import parse_boxes
 from posecore.codec import PersonPose, PoseCodec
+from posecore.codecs.spec import DECODINGS
 from posecore.detection import PersonDetector
+from posecore.errors import PoseError
 from posecore.geometry import boxes_to_centers_scales
 from posecore.heatmaps import oks_nms
 from posecore.imaging import decode_image
@@ -140,26 +142,28 @@ def usable_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray
 class LocalRunner:
     """The service's image decode and pose codec around a backend, in this process."""
 
-    def __init__(self, card: ModelCard, infer: Callable[[np.ndarray], np.ndarray], max_batch: int) -> None:
+    def __init__(self, card: ModelCard, infer: Callable[[np.ndarray], np.ndarray], max_batch: int,
+                 decode: str | None = None) -> None:
         self.card = card
         self.infer = infer
         self.max_batch = max_batch
         self.codec = PoseCodec(card)  # what the service runs, without its threads and batcher
+        self.decode = self.codec.pipeline(decode).decoding  # refused now when the card does not allow it
         self.last_image_wh: tuple[int, int] = (0, 0)
 
     @classmethod
     def from_onnx(cls, model_path: str | os.PathLike, provider: str = "cpu", max_batch: int = 8,
-                  threads: int = 0) -> LocalRunner:
+                  threads: int = 0, decode: str | None = None) -> LocalRunner:
         """OrtBackend + the card beside the ONNX file, loaded as the service loads them."""
         backend = OrtBackend(Path(model_path), provider=provider, intra_op_threads=threads, max_batch=max_batch)
         card, _ = read_card(Path(model_path), backend)
-        return cls(card, backend.infer, backend.max_batch_size)
+        return cls(card, backend.infer, backend.max_batch_size, decode)
 
     def __call__(self, data: bytes, boxes: np.ndarray, flip: bool) -> list[PersonPose]:
         image = decode_image(data, LOCAL_MAX_IMAGE_BYTES, LOCAL_MAX_IMAGE_PIXELS)
         rows = parse_boxes(boxes)
         assert rows is not None
-        prepared = self.codec.crops(image, rows, flip)
+        prepared = self.codec.crops(image, rows, flip, self.decode)
         self.last_image_wh = prepared.image_wh
         inputs = prepared.inputs
         maps = np.concatenate([self.infer(inputs[i:i + self.max_batch])
@@ -171,7 +175,7 @@ class ServiceRunner:
     """A running service over HTTP: POST /v1/pose (multipart: image, boxes, flip) per image."""
 
     def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 120.0,
-                 max_boxes: int = SERVICE_MAX_BOXES) -> None:
+                 max_boxes: int = SERVICE_MAX_BOXES, decode: str | None = None) -> None:
         import httpx
 
         headers = {"X-API-Key": api_key} if api_key else {}
@@ -181,6 +185,8 @@ class ServiceRunner:
         response.raise_for_status()
         self.card = ModelCard.model_validate(response.json()["card"])
         self.last_image_wh: tuple[int, int] = (0, 0)
+        self.fields = {} if decode is None else {"decode": decode}
+        self.decode = decode or response.json().get("decode_default", "official")  # then what the service says ran
 
     def __call__(self, data: bytes, boxes: np.ndarray, flip: bool) -> list[PersonPose]:
         persons = []
@@ -188,11 +194,13 @@ class ServiceRunner:
             chunk = boxes[start:start + self.max_boxes]
             response = self.client.post(
                 "/v1/pose", files={"image": ("image", data, "application/octet-stream")},
-                data={"boxes": json.dumps(chunk.tolist()), "flip": str(flip).lower(), "box_format": "xywh"})
+                data={"boxes": json.dumps(chunk.tolist()), "flip": str(flip).lower(), "box_format": "xywh",
+                      **self.fields})
             if response.status_code != 200:
                 raise RuntimeError(f"service answered {response.status_code}: {response.text[:300]}")
             body = response.json()
             self.last_image_wh = (body["image"]["width"], body["image"]["height"])
+            self.decode = body.get("decode", self.decode)
             for person in body["persons"]:
                 keypoints = np.asarray(person["coco_keypoints"], dtype=np.float64).reshape(-1, 3)
                 persons.append(PersonPose(np.asarray(person["box"], dtype=np.float64), float(person["box_score"]),
@@ -394,6 +402,9 @@ def add_evaluate_parser(subparsers: Any) -> None:
                         help=f"drop detections scored below S (default {DETECTION_SCORE_THRESHOLD}, official)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                         help="flip test: average with the mirrored crop's heatmaps (default on, as official)")
+    parser.add_argument("--decode", choices=DECODINGS, default=None,
+                        help="test-time pipeline: official (HRNet), msra, dark or udp (mmpose 1.x); default: the "
+                             "model card's codec (README 'Test-time pipelines')")
     parser.add_argument("--oks-threshold", type=float, default=OKS_NMS_THRESHOLD, metavar="T",
                         help=f"OKS-NMS threshold per image (default {OKS_NMS_THRESHOLD}, official)")
     parser.add_argument("--provider", choices=["auto", "cpu", "cuda", "tensorrt"], default="cpu",
@@ -429,12 +440,12 @@ def run_evaluate_command(args: Any) -> int:
             args.detector, score_threshold=args.detector_threshold, provider=args.provider,
             intra_op_threads=args.threads)
         if args.url:
-            runner = ServiceRunner(args.url, api_key=args.api_key, max_boxes=args.max_boxes)
+            runner = ServiceRunner(args.url, api_key=args.api_key, max_boxes=args.max_boxes, decode=args.decode)
         else:
-            runner = LocalRunner.from_onnx(args.model, args.provider, args.batch_size, args.threads)
+            runner = LocalRunner.from_onnx(args.model, args.provider, args.batch_size, args.threads, args.decode)
         result = evaluate(args.annotations, args.images, runner, runner.card, args.detections, args.flip,
                           args.det_threshold, args.oks_threshold, progress=not args.no_progress, detector=detector)
-    except (ModelLoadError, OSError, ValueError, RuntimeError) as error:
+    except (ModelLoadError, PoseError, OSError, ValueError, RuntimeError) as error:
         print(f"evaluate failed: {error}", file=sys.stderr)
         return 1
     except Exception as error:  # httpx errors: the service is not there or answered nonsense
@@ -454,7 +465,8 @@ def run_evaluate_command(args: Any) -> int:
     trained = "" if card.trained else "  (UNTRAINED model: these numbers are meaningless)"
     print(f"COCO keypoint evaluation of {what} [{card.arch}]{trained}\n"
           f"  {args.annotations}: {result.num_images} images, {result.num_boxes} person boxes ({boxes}), "
-          f"flip test {'on' if args.flip else 'off'}, {len(result.results)} persons after OKS-NMS")
+          f"flip test {'on' if args.flip else 'off'}, decode {runner.decode}, {len(result.results)} persons after "
+          "OKS-NMS")
     if card.warning:
         print(f"  model warning: {card.warning}")
     print(format_stats(result.stats))
@@ -462,6 +474,7 @@ def run_evaluate_command(args: Any) -> int:
         body = {**result.to_json(), "model": None if args.url else str(args.model), "url": args.url,
                 "annotations": str(args.annotations), "images": str(args.images),
                 "detections": None if args.detections is None else str(args.detections), "flip": args.flip,
+                "decode": runner.decode,
                 "detector": None if detector is None else {"path": str(args.detector), "card": detector.card.model_dump(
                     mode="json"), "score_threshold": detector.score_threshold, "nms_iou": detector.nms_iou},
                 "card": {"name": card.name, "arch": card.arch, "trained": card.trained, "warning": card.warning,

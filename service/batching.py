@@ -4,6 +4,10 @@ Requests submit their crops (already normalised, float32 NCHW) from the event lo
 forms batches of up to `max_batch_size` crops and calls the backend, off the event loop. A request's crops
 may span batches. It knows nothing of HTTP and nothing of ONNX Runtime: `infer` is any callable.
 
+Crops of different test-time pipelines (official, msra, dark, udp: posecore.codecs) share batches freely: each
+request crops and normalises before it submits (the UDP crop's matrix differs, the tensor's form does not), and the
+network maps each crop to its own heatmaps, so what one crop was cut with never touches another's.
+
 - Admission control: at most `max_queue_crops` crops admitted (queued + running); beyond that `submit`
   raises PoseError('overloaded') with a Retry-After hint, so overload is a fast 429, not a growing queue.
 - Waiting: a batch waits up to `max_wait_s` for more crops, but only while another request has announced

@@ -49,6 +49,9 @@ class PoseResponse(BaseModel):
     image: ImageInfo
     model: ModelInfo
     flip: bool
+    decode: Literal["official", "msra", "dark", "udp"] = Field(
+        "official", description="The test-time pipeline that ran: official (HRNet), or mmpose 1.x's msra, dark or "
+        "udp; the request's `decode`, else the model card's codec.")
     persons: list[Person]
     timings_ms: dict[str, float] = Field(description="Per-stage latency: decode, preprocess, queue, inference, "
                                          "postprocess.")
@@ -98,6 +101,10 @@ class ModelCardResponse(BaseModel):
     skeleton: list[list[int]]
     batch_sizes: list[int]
     card_found: bool
+    decode_default: str = Field("official", description="The test-time pipeline run when a request does not say "
+                                "(from the card's codec).")
+    decode_allowed: list[str] = Field(["official", "msra", "dark", "udp"], description="The `decode` values "
+                                      "this model accepts (a UDP-trained model: udp only).")
     detector: DetectorInfo | None = Field(
         None, description="The person detector run for requests without boxes; null when none is configured.")
     card: dict

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import re
 import socket
@@ -38,6 +39,7 @@ from model_export.fetch.registry import (
     url_file_name,
 )
 from model_export.hrnet import HRNet, build_hrnet
+from posecore.codecs.spec import CodecSpec
 from posecore.modelcard import ModelCard, card_path_for
 from tests.helpers import REFERENCE
 
@@ -167,12 +169,31 @@ def url_request(url: str, digest: str) -> fetcher.WeightsRequest:
 
 def test_every_registry_prefix_matches_its_file_name() -> None:
     entries = load_registry()
-    assert len(entries) == 8 and {e.kind for e in entries} == {"pose"}
+    assert len(entries) == 16 and {e.kind for e in entries} == {"pose"}
     for entry in entries:
         assert entry.url.startswith("https://download.openmmlab.com/mmpose/"), entry.name
         assert hash_prefix_in_name(entry.file_name) == entry.sha256_prefix, entry.name
         assert len(entry.sha256_prefix) >= 8 and entry.ap is not None and 0.7 < entry.ap < 0.8
     assert {e.arch for e in entries} == {"w32_256x192", "w32_384x288", "w48_256x192", "w48_384x288"}
+
+
+def test_every_pose_entry_carries_the_codec_of_the_config_that_trained_it() -> None:
+    """mmpose's standard configs: MSRAHeatmap; _dark- configs: MSRAHeatmap(unbiased=True); _udp-: UDPHeatmap."""
+    for entry in load_registry():
+        assert entry.codec is not None, entry.name
+        spec = CodecSpec.model_validate(entry.codec)
+        expected = "udp" if "_udp-" in entry.name else "dark" if "_dark-" in entry.name else "msra"
+        assert spec.decoding == expected and spec.blur_kernel_size == 11, entry.name
+    names = {e.name for e in load_registry()}
+    for width, size in itertools.product(("w32", "w48"), ("256x192", "384x288")):
+        assert {f"td-hm_hrnet-{width}_{kind}-8xb{64 if width == 'w32' else 32}-210e_coco-{size}"
+                for kind in ("dark", "udp")} <= names
+
+
+def test_registry_refuses_an_unknown_codec() -> None:
+    entry = {**load_registry()[0].to_json(), "codec": {"type": "SimCCLabel"}}
+    with pytest.raises(ValueError, match="codec"):
+        parse_registry({"format": "hrnet-pose-weights-registry/1", "entries": [entry]})
 
 
 def test_registry_refuses_an_entry_whose_prefix_contradicts_its_file_name() -> None:
@@ -429,12 +450,14 @@ def test_fetch_by_name_records_the_registry_facts(server: tuple[str, Served], tm
     base, served = server
     body = next(iter(served.files.values()))
     entry = RegistryEntry(name="tiny_coco_test", kind="pose", arch="tiny", url=url_of(base, served),
-                          sha256_prefix=sha256(body)[:8], ap=0.123, publisher="test zoo")
+                          sha256_prefix=sha256(body)[:8], ap=0.123, publisher="test zoo",
+                          codec={"type": "UDPHeatmap", "blur_kernel_size": 11})
     monkeypatch.setattr(fetcher, "find_entry", lambda name: entry)
     output = tmp_path / "tiny_coco_test.onnx"
     assert main(["fetch", "tiny_coco_test", "--cache-dir", str(tmp_path), "--output", str(output),
                  "--no-progress"]) == 0
     card = ModelCard.read(card_path_for(output))
     assert (card.trained, card.weights.registry_name, card.weights.ap) == (True, "tiny_coco_test", 0.123)
+    assert card.codec == CodecSpec(type="UDPHeatmap")  # served as its AP was measured
     assert card.weights.url == entry.url and card.weights.checkpoint_sha256 == sha256(body)
     assert "test zoo" in card.weights.source

@@ -54,14 +54,17 @@ class AsyncPoseClient:
 
     # -- calls ----------------------------------------------------------------------------------
     async def pose(self, image: ImageInput, boxes: Sequence[Box] | None = None, flip: bool | None = None,
-                   box_format: str = "xywh", detect: bool | None = None) -> PoseResult:
+                   box_format: str = "xywh", detect: bool | None = None, decode: str | None = None) -> PoseResult:
         """Keypoints of the people in one image. boxes None: the service's person detector finds them (without one,
-        or with detect=False, the whole image is one person); []: nobody. flip None: the service's default."""
-        return pose_result(await self._send(pose_call(read_image(image), boxes, flip, box_format, detect)))
+        or with detect=False, the whole image is one person); []: nobody. flip None: the service's default. decode
+        (official, msra, dark, udp) None: the model card's pipeline; the result's `decode` says which ran."""
+        return pose_result(await self._send(pose_call(read_image(image), boxes, flip, box_format, detect, decode)))
 
     async def render(self, image: ImageInput, boxes: Sequence[Box] | None = None, flip: bool | None = None,
-                     box_format: str = "xywh", detect: bool | None = None, format: str = "jpeg") -> RenderedImage:
-        return rendered_image(await self._send(render_call(read_image(image), boxes, flip, box_format, detect, format)))
+                     box_format: str = "xywh", detect: bool | None = None, format: str = "jpeg",
+                     decode: str | None = None) -> RenderedImage:
+        call = render_call(read_image(image), boxes, flip, box_format, detect, format, decode)
+        return rendered_image(await self._send(call))
 
     async def model(self) -> dict[str, Any]:
         card: dict[str, Any] = (await self._send(Call("GET", "/v1/model"))).json()
@@ -71,18 +74,20 @@ class AsyncPoseClient:
     async def pose_many(self, images: Sequence[ImageInput], boxes: Sequence[Sequence[Box] | None] | None = None,
                         flip: bool | None = None, box_format: str = "xywh", detect: bool | None = None,
                         progress: bool = False,
-                        return_exceptions: Literal[False] = False) -> list[PoseResult]: ...
+                        return_exceptions: Literal[False] = False, decode: str | None = None) -> list[PoseResult]: ...
 
     @overload
     async def pose_many(self, images: Sequence[ImageInput], boxes: Sequence[Sequence[Box] | None] | None = None,
                         flip: bool | None = None, box_format: str = "xywh", detect: bool | None = None,
                         progress: bool = False, *,
-                        return_exceptions: Literal[True]) -> list[PoseResult | PoseClientError]: ...
+                        return_exceptions: Literal[True], decode: str | None = None,
+                        ) -> list[PoseResult | PoseClientError]: ...
 
     async def pose_many(self, images: Sequence[ImageInput], boxes: Sequence[Sequence[Box] | None] | None = None,
                         flip: bool | None = None, box_format: str = "xywh", detect: bool | None = None,
                         progress: bool = False,
-                        return_exceptions: bool = False) -> list[PoseResult] | list[PoseResult | PoseClientError]:
+                        return_exceptions: bool = False, decode: str | None = None,
+                        ) -> list[PoseResult] | list[PoseResult | PoseClientError]:
         """One result per image, in input order. A fixed set of `max_concurrency` workers takes the images in turn,
         so only that many are read into memory at once. With return_exceptions, a failed image's entry is its
         exception; otherwise the first failure cancels the rest and is raised."""
@@ -94,7 +99,7 @@ class AsyncPoseClient:
         async def worker() -> None:
             for index in indices:  # one shared iterator: each index goes to exactly one worker
                 try:
-                    results[index] = await self.pose(images[index], per_image[index], flip, box_format, detect)
+                    results[index] = await self.pose(images[index], per_image[index], flip, box_format, detect, decode)
                 except PoseClientError as error:
                     if not return_exceptions:
                         raise

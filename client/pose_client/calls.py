@@ -42,16 +42,16 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
 
 
 def pose_call(image: bytes, boxes: Sequence[Box] | None, flip: bool | None, box_format: str,
-              detect: bool | None) -> Call:
-    data, files = pose_form(image, boxes, flip, box_format, detect)
+              detect: bool | None, decode: str | None = None) -> Call:
+    data, files = pose_form(image, boxes, flip, box_format, detect, decode)
     return Call("POST", "/v1/pose", data=data, files=files)
 
 
 def render_call(image: bytes, boxes: Sequence[Box] | None, flip: bool | None, box_format: str,
-                detect: bool | None, image_format: str) -> Call:
+                detect: bool | None, image_format: str, decode: str | None = None) -> Call:
     if image_format not in RENDER_FORMATS:
         raise ValueError(f"format must be one of {RENDER_FORMATS}, not {image_format!r}")
-    data, files = pose_form(image, boxes, flip, box_format, detect)
+    data, files = pose_form(image, boxes, flip, box_format, detect, decode)
     return Call("POST", "/v1/pose/render", params={"format": image_format}, data=data, files=files)
 
 
@@ -67,6 +67,7 @@ def rendered_image(response: httpx.Response) -> RenderedImage:
         trained=None if trained is None else trained.lower() == "true",
         timings_ms=server_timing(response.headers.get("server-timing", "")),
         request_id=response.headers.get("x-request-id"),
+        decode=response.headers.get("x-pose-decode"),
     )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from pose_client.client import PoseClient
 from pose_client.coco import keypoint_results, read_boxes_file
 from pose_client.errors import PoseClientError
+from pose_client.inputs import DECODINGS
 from pose_client.models import PoseResult
 
 
@@ -28,6 +29,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="flip test (default: the service's setting)")
     parser.add_argument("--detect", action=argparse.BooleanOptionalAction, default=None,
                         help="without boxes: the service's person detector (default: on when it has one)")
+    parser.add_argument("--decode", choices=DECODINGS, default=None,
+                        help="test-time pipeline: official, msra, dark or udp (default: the model card's)")
     parser.add_argument("--api-key", default=os.environ.get("POSE_API_KEY"), help="default: $POSE_API_KEY")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per attempt (default 60)")
@@ -50,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     with PoseClient(args.url, api_key=args.api_key, timeout=args.timeout, max_concurrency=args.concurrency,
                     max_retries=args.max_retries) as client:
         outcomes = client.pose_many(args.images, boxes, flip=args.flip, box_format=args.box_format,
-                                    detect=args.detect, progress=not args.no_progress, return_exceptions=True)
+                                    detect=args.detect, progress=not args.no_progress, return_exceptions=True,
+                                    decode=args.decode)
     done = [(image, r) for image, r in zip(args.images, outcomes, strict=True) if isinstance(r, PoseResult)]
     failed = [(image, r) for image, r in zip(args.images, outcomes, strict=True) if isinstance(r, PoseClientError)]
     for image, error in failed:

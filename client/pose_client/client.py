@@ -56,15 +56,18 @@ class PoseClient:
 
     # -- calls ----------------------------------------------------------------------------------
     def pose(self, image: ImageInput, boxes: Sequence[Box] | None = None, flip: bool | None = None,
-             box_format: str = "xywh", detect: bool | None = None) -> PoseResult:
+             box_format: str = "xywh", detect: bool | None = None, decode: str | None = None) -> PoseResult:
         """Keypoints of the people in one image. boxes None: the service's person detector finds them (without one,
-        or with detect=False, the whole image is one person); []: nobody. flip None: the service's default."""
-        return pose_result(self._send(pose_call(read_image(image), boxes, flip, box_format, detect)))
+        or with detect=False, the whole image is one person); []: nobody. flip None: the service's default. decode
+        (official, msra, dark, udp) None: the model card's pipeline; the result's `decode` says which ran."""
+        return pose_result(self._send(pose_call(read_image(image), boxes, flip, box_format, detect, decode)))
 
     def render(self, image: ImageInput, boxes: Sequence[Box] | None = None, flip: bool | None = None,
-               box_format: str = "xywh", detect: bool | None = None, format: str = "jpeg") -> RenderedImage:
+               box_format: str = "xywh", detect: bool | None = None, format: str = "jpeg",
+               decode: str | None = None) -> RenderedImage:
         """The image with the skeletons drawn (JPEG or PNG bytes in `.content`)."""
-        return rendered_image(self._send(render_call(read_image(image), boxes, flip, box_format, detect, format)))
+        call = render_call(read_image(image), boxes, flip, box_format, detect, format, decode)
+        return rendered_image(self._send(call))
 
     def model(self) -> dict[str, Any]:
         """The served model's card (GET /v1/model)."""
@@ -75,18 +78,20 @@ class PoseClient:
     def pose_many(self, images: Sequence[ImageInput], boxes: Sequence[Sequence[Box] | None] | None = None,
                   flip: bool | None = None, box_format: str = "xywh", detect: bool | None = None,
                   progress: bool = False,
-                  return_exceptions: Literal[False] = False) -> list[PoseResult]: ...
+                  return_exceptions: Literal[False] = False, decode: str | None = None) -> list[PoseResult]: ...
 
     @overload
     def pose_many(self, images: Sequence[ImageInput], boxes: Sequence[Sequence[Box] | None] | None = None,
                   flip: bool | None = None, box_format: str = "xywh", detect: bool | None = None,
                   progress: bool = False, *,
-                  return_exceptions: Literal[True]) -> list[PoseResult | PoseClientError]: ...
+                  return_exceptions: Literal[True], decode: str | None = None,
+                  ) -> list[PoseResult | PoseClientError]: ...
 
     def pose_many(self, images: Sequence[ImageInput], boxes: Sequence[Sequence[Box] | None] | None = None,
                   flip: bool | None = None, box_format: str = "xywh", detect: bool | None = None,
                   progress: bool = False,
-                  return_exceptions: bool = False) -> list[PoseResult] | list[PoseResult | PoseClientError]:
+                  return_exceptions: bool = False, decode: str | None = None,
+                  ) -> list[PoseResult] | list[PoseResult | PoseClientError]:
         """One result per image, in input order, at most `max_concurrency` in flight. `boxes`: one entry per image
         (None: whole image). With return_exceptions, a failed image's entry is its exception; otherwise the first
         failure cancels what has not started and is raised."""
@@ -96,7 +101,7 @@ class PoseClient:
 
         def one(index: int) -> None:
             try:
-                results[index] = self.pose(images[index], per_image[index], flip, box_format, detect)
+                results[index] = self.pose(images[index], per_image[index], flip, box_format, detect, decode)
             except PoseClientError as error:
                 if not return_exceptions:
                     raise

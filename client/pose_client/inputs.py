@@ -42,8 +42,13 @@ def boxes_json(boxes: Sequence[Box] | None) -> str | None:
     return json.dumps([[float(v) for v in box] for box in boxes])
 
 
+# The service's test-time pipelines: the official HRNet one, and mmpose 1.x's standard, DARK and UDP decodings.
+DECODINGS = ("official", "msra", "dark", "udp")
+
+
 def pose_form(image: bytes, boxes: Sequence[Box] | None, flip: bool | None, box_format: str,
-              detect: bool | None = None) -> tuple[dict[str, str], dict[str, tuple[str, bytes, str]]]:
+              detect: bool | None = None, decode: str | None = None,
+              ) -> tuple[dict[str, str], dict[str, tuple[str, bytes, str]]]:
     """Multipart fields and files of /v1/pose and /v1/pose/render (multipart keeps long box lists off the URL)."""
     if box_format not in BOX_FORMATS:
         raise ValueError(f"box_format must be one of {BOX_FORMATS}, not {box_format!r}")
@@ -54,6 +59,10 @@ def pose_form(image: bytes, boxes: Sequence[Box] | None, flip: bool | None, box_
     for name, value in (("flip", flip), ("detect", detect)):  # None: the service's default
         if value is not None:
             fields[name] = "true" if value else "false"
+    if decode is not None:  # None: the model card's pipeline
+        if decode not in DECODINGS:
+            raise ValueError(f"decode must be one of {DECODINGS}, not {decode!r}")
+        fields["decode"] = decode
     return fields, {"image": ("image", image, "application/octet-stream")}
 
 

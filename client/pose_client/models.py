@@ -69,6 +69,7 @@ class PoseResult:
     persons: list[Person]
     timings_ms: dict[str, float]
     request_id: str | None = None  # the X-Request-ID the service answered with
+    decode: str | None = None  # the test-time pipeline that ran (official, msra, dark, udp); None: an older service
 
     @classmethod
     def from_json(cls, data: dict[str, Any], request_id: str | None = None) -> PoseResult:
@@ -79,6 +80,7 @@ class PoseResult:
             persons=[Person.from_json(p) for p in data["persons"]],
             timings_ms={str(k): float(v) for k, v in data.get("timings_ms", {}).items()},
             request_id=request_id,
+            decode=data.get("decode"),
         )
 
 
@@ -91,3 +93,4 @@ class RenderedImage:
     trained: bool | None  # X-Model-Trained; None when the header is absent
     timings_ms: dict[str, float] = field(default_factory=dict)  # from Server-Timing
     request_id: str | None = None
+    decode: str | None = None  # X-Pose-Decode: the test-time pipeline that ran

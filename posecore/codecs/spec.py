@@ -43,7 +43,7 @@ class CodecSpec(BaseModel):
 
     @model_validator(mode="after")
     def _options_of_type(self) -> CodecSpec:
-        if self.type == "UDPHeatmap" and "unbiased" in self.model_fields_set:
+        if self.type == "UDPHeatmap" and self.unbiased:  # false is what a written card holds: accepted
             raise ValueError("UDPHeatmap has no 'unbiased' option (its decoding is always the DARK-UDP refinement)")
         if self.blur_kernel_size < 1 or self.blur_kernel_size % 2 == 0:
             raise ValueError(f"blur_kernel_size must be a positive odd number, not {self.blur_kernel_size}")
@@ -93,7 +93,8 @@ def resolve_pipeline(codec: CodecSpec | None, decoding: str | None = None) -> Pi
     if chosen not in allowed:
         raise PoseError("invalid_request", f"'decode' must be one of {', '.join(allowed)} for this model, not "
                         f"{str(chosen)[:20]!r}")
-    if codec is not None and chosen == codec.decoding:
-        shift = DEFAULT_SHIFT[chosen] if codec.shift_heatmap is None else codec.shift_heatmap
-        return Pipeline(codec.decoding, shift, codec.blur_kernel_size)
-    return Pipeline(chosen, DEFAULT_SHIFT[chosen])
+    decoding = chosen  # narrowed to a Decoding by the test above
+    if codec is not None and decoding == codec.decoding:
+        shift = DEFAULT_SHIFT[decoding] if codec.shift_heatmap is None else codec.shift_heatmap
+        return Pipeline(decoding, shift, codec.blur_kernel_size)
+    return Pipeline(decoding, DEFAULT_SHIFT[decoding])

@@ -72,8 +72,8 @@ INFER_REQUEST_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["inputs"],
     "properties": {
         "id": {"type": "string"},
-        "parameters": {**_OBJECT, "description": "flip (bool), box_format ('xywh' or 'xyxy'), binary_data_output "
-                       "(bool)."},
+        "parameters": {**_OBJECT, "description": "flip (bool), box_format ('xywh' or 'xyxy'), detect (bool), decode "
+                       "('official', 'msra', 'dark' or 'udp'), binary_data_output (bool)."},
         "inputs": {"type": "array", "minItems": 1, "items": {
             "type": "object", "required": ["name", "shape", "datatype"],
             "properties": {"name": {"type": "string", "enum": [IMAGE, BOXES, BOX_IMAGE_INDEX]},
@@ -99,4 +99,5 @@ class InferResponseBody(BaseModel):
     model_name: str
     model_version: str | None = None
     id: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="decode: the test-time pipeline that ran.")
     outputs: list[InferTensorOut]
