@@ -66,6 +66,20 @@ def test_blur_of_all_maps_at_once_matches_mmpose_per_map(ref, kernel):
     np.testing.assert_array_equal(refine.gaussian_blur(maps, kernel)[0], ref[f"unit_blur{kernel}"])
 
 
+def test_blur_of_realistic_64x48_maps_matches_mmpose(ref):
+    maps = ref["case1_heatmaps"].astype(np.float32)
+    np.testing.assert_array_equal(refine.gaussian_blur(maps, 11)[0], ref["unit_blur11_64x48"])
+
+
+def test_udp_reads_what_mmpose_reads_for_a_joint_without_a_maximum(ref):
+    """Person 1's joint 0 has no positive maximum: mmpose's flat index -1 wraps to that person's last map."""
+    maps = ref["case0_heatmaps"].astype(np.float32)
+    locations, values = refine.heatmap_maximum(maps)
+    assert values[1, 0] <= 0 and (locations[1, 0] == -1).all()
+    keypoints, _ = _decode(ref, 0, "udp", False, VARIANTS["udp"])
+    np.testing.assert_array_equal(keypoints[1, 0], _expected(ref, 0, "udp", False)[0][1, 0])
+
+
 def test_blur_of_many_persons_equals_each_person_alone(ref):
     maps = np.concatenate([ref["case0_heatmaps"], ref["case0_heatmaps_of_flipped"]]).astype(np.float32)
     together = refine.gaussian_blur(maps, 11)

@@ -8,6 +8,8 @@
     in the same rounds, as ratios to the fp32 service
 (f) with --detector: a service with that person detector, 1 and N clients sending multi-person photos without
     boxes (the detect stage, then every person found), in the same rounds
+(g) the pose codec's crop and decode cost of each test-time pipeline the card allows (official, msra, dark, udp),
+    in this process on the multi-person photos (service/bench/decode_cost.py)
 Writes bench.json and bench.md to --out and prints the table.
 """
 
@@ -24,8 +26,11 @@ from pathlib import Path
 import onnxruntime
 
 from posecore.backend import OrtBackend
+from posecore.codec import PoseCodec
 from posecore.modelcard import read_card
 from service.bench import baselines
+from service.bench.decode_cost import decode_costs
+from service.bench.decode_cost import markdown as decode_markdown
 from service.bench.detect_phase import BarePhotoPhase, describe, detector_env
 from service.bench.http_load import http_load, peak_rss_bytes, running_service, stage_means_ms, stage_totals
 from service.bench.int8 import describe_int8, int8_ratios, int8_verdicts
@@ -132,7 +137,9 @@ def measure(args) -> dict:
         stages |= bare.stages_ms()
     phases["ceiling"].name = f"(a) ceiling: raw ORT, best batch size ({best})"
     phases["model_batch1"].name = "raw ORT, batch 1 (single-crop model latency)"
-    result = {"phases": phases, "sweep": sweep, "stages_ms": stages, "peak_rss_bytes": rss, "card": card}
+    result = {"phases": phases, "sweep": sweep, "stages_ms": stages, "peak_rss_bytes": rss, "card": card,
+              "decode_costs": decode_costs(PoseCodec(card), backend.infer, multi, seconds=t / 2),
+              "persons_per_multi_request": sum(len(p.boxes) for p in multi) / len(multi)}
     if int8:
         phases["int8_ceiling"].name = f"(e) INT8 ceiling: raw ORT, best batch size ({int8[1]})"
         result |= {"int8_sweep": int8[2], "int8_card": int8[3]}
@@ -193,6 +200,7 @@ def markdown(result: dict, r: dict[str, float], v: dict[str, bool], env: dict) -
     for key, means in result["stages_ms"].items():
         cells = " | ".join(str(means.get(s, "")) for s in STAGE_ORDER)
         lines.append(f"| {result['phases'][key].name} | {cells} |")
+    lines += ["", decode_markdown(result["decode_costs"], result["persons_per_multi_request"]).rstrip()]
     lines += ["",
               f"Service peak RSS: {result['peak_rss_bytes'] / 2**30:.2f} GB", "",
               "| ratio | value |", "|---|---:|"]
@@ -221,7 +229,7 @@ def main(argv=None) -> int:
         "env": env, "model": result["card"].name, "trained": result["card"].trained,
         "phases": {k: p.summary() for k, p in result["phases"].items()}, "ceiling_sweep": result["sweep"],
         "stages_ms": result["stages_ms"], "peak_rss_bytes": result["peak_rss_bytes"], "ratios": r, "targets": v,
-        "bare_photo_persons": result.get("bare_photo_persons"),
+        "bare_photo_persons": result.get("bare_photo_persons"), "decode_costs": result["decode_costs"],
     }, indent=2))
     print(table)
     return 0
