@@ -26,6 +26,7 @@ from PIL import Image
 
 from posecore.boxes import whole_image_box
 from posecore.codec import PersonPose, PoseCodec, Prepared
+from posecore.contract import Stage
 from posecore.detection import PersonDetector
 from posecore.errors import PoseError
 from posecore.imaging import decode_opened, read_header
@@ -48,7 +49,7 @@ class PoseResult:
     image_wh: tuple[int, int]
     flip: bool
     persons: list[PersonPose]
-    timings_s: dict[str, float]
+    timings_s: dict[Stage, float]
     image: np.ndarray | None = None  # the decoded RGB image, kept only when asked for (render)
     reservation: PixelReservation | None = None  # its pixels, held while the image is kept
     decode: str = "official"  # the test-time pipeline that ran (posecore.codecs.spec)
@@ -71,7 +72,7 @@ class DetectorStage:
 class _Decoded:
     image: np.ndarray
     prepared: Prepared | None  # None while the detector has yet to find the people
-    timings_s: dict[str, float] = field(default_factory=dict)
+    timings_s: dict[Stage, float] = field(default_factory=dict)
     detector_input: np.ndarray | None = None  # (3, S, S) letterboxed, when detecting
     ratio: float = 1.0
 
@@ -98,8 +99,9 @@ class PoseService:
         self.limits = limits
         self.pixels = pixels
         self.request_timeout_s = request_timeout_s
-        self.executor = ThreadPoolExecutor(max_workers=workers or max(4, 2 * (os.cpu_count() or 2)),
-                                           thread_name_prefix="pose-prepare", initializer=_yield_to_inference)
+        self.workers = workers or max(4, 2 * (os.cpu_count() or 2))  # preparation threads
+        self.executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="pose-prepare",
+                                           initializer=_yield_to_inference)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False)
@@ -152,16 +154,16 @@ class PoseService:
             timings = dict(decoded.timings_s)
             if len(prepared.inputs):
                 batch = await self.batcher.submit(prepared.inputs, deadline, announcement)
-                maps = batch.heatmaps
-                timings |= {"queue": batch.queue_s, "inference": batch.inference_s}
+                maps = batch.outputs
+                timings |= {Stage.QUEUE: batch.queue_s, Stage.INFERENCE: batch.inference_s}
             else:  # an explicit empty box list, or nobody detected: nobody to look at
                 announcement.release()
                 maps = np.zeros((0,), np.float32)
-                timings |= {"queue": 0.0, "inference": 0.0}
+                timings |= {Stage.QUEUE: 0.0, Stage.INFERENCE: 0.0}
             started = time.perf_counter()
             # off the event loop too: with many boxes and the flip test, decoding takes tens of milliseconds
             persons = await self._in_worker(deadline, self.codec.persons, prepared, maps)
-            timings["postprocess"] = time.perf_counter() - started
+            timings[Stage.POSTPROCESS] = time.perf_counter() - started
         except BaseException:
             for each in announcements:
                 each.release()
@@ -169,11 +171,10 @@ class PoseService:
                 reservation.release()
             raise
         self._record(timings, len(persons))
-        decoding = prepared.pipeline.decoding
         if keep_image:
             return PoseResult(prepared.image_wh, prepared.flip, persons, timings, decoded.image, reservation,
-                              decode=decoding)
-        return PoseResult(prepared.image_wh, prepared.flip, persons, timings, decode=decoding)
+                              decode=prepared.pipeline.decoding)
+        return PoseResult(prepared.image_wh, prepared.flip, persons, timings, decode=prepared.pipeline.decoding)
 
     def _decode(self, request: PoseRequest, header: Image.Image, reservation: PixelReservation, keep_image: bool,
                 detect: bool) -> _Decoded:
@@ -185,16 +186,16 @@ class PoseService:
             started = time.perf_counter()
             image = decode_opened(header)  # the header was read and checked at admission
             decoded = time.perf_counter()
-            timings = {"decode": decoded - started}
+            timings = {Stage.DECODE: decoded - started}
             if detect and self.detection is not None:
                 done = False
                 detector_input, ratio = self.detection.detector.prepare(image)
-                timings["detect"] = time.perf_counter() - decoded
+                timings[Stage.DETECT] = time.perf_counter() - decoded
                 return _Decoded(image, None, timings, detector_input, ratio)
             height, width = image.shape[:2]
             boxes = whole_image_box((width, height)) if request.boxes is None else request.boxes
             prepared = self.codec.crops(image, boxes, request.flip, request.decode)
-            timings["preprocess"] = time.perf_counter() - decoded
+            timings[Stage.PREPROCESS] = time.perf_counter() - decoded
             return _Decoded(image, prepared, timings)
         finally:
             if done and not keep_image:
@@ -213,11 +214,11 @@ class PoseService:
             try:
                 began = time.perf_counter()
                 height, width = decoded.image.shape[:2]
-                boxes = detection.detector.boxes(batch.heatmaps[0], decoded.ratio, (width, height))
+                boxes = detection.detector.boxes(batch.outputs[0], decoded.ratio, (width, height))
                 cropping = time.perf_counter()
                 prepared = self.codec.crops(decoded.image, boxes, request.flip, request.decode)
-                timings = {**decoded.timings_s, "preprocess": time.perf_counter() - cropping}
-                timings["detect"] += waited + (cropping - began)
+                timings = {**decoded.timings_s, Stage.PREPROCESS: time.perf_counter() - cropping}
+                timings[Stage.DETECT] += waited + (cropping - began)
                 return _Decoded(decoded.image, prepared, timings)
             finally:
                 if not keep_image:
@@ -236,10 +237,8 @@ class PoseService:
             raise PoseError("deadline_exceeded", "the request's deadline passed while its image was being worked on",
                             retry_after_s=self.batcher.retry_after_s) from None
 
-    def _record(self, timings_s: dict[str, float], persons: int) -> None:
-        for stage, seconds in timings_s.items():
-            self.metrics.stage_latency.labels(stage=stage).observe(seconds)
-        self.metrics.persons_per_image.observe(persons)
+    def _record(self, timings_s: dict[Stage, float], persons: int) -> None:
+        self.metrics.observe_request(timings_s, persons)
 
     # -- a batch call ----------------------------------------------------------------------------------------
     async def estimate_many(self, requests: Sequence[PoseRequest | PoseError],

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from pose_client import PoseClient
+from pose_client import PoseClient, PoseOptions
 
 from posecore.backend import OrtBackend
 from posecore.codec import PoseCodec
@@ -131,7 +131,7 @@ def test_the_batcher_pools_crops_of_every_pipeline_and_each_answer_stays_its_own
         return _crop_heatmaps(batch)
 
     card = ModelCard.official_defaults("stand-in", (128, 96), (32, 24))
-    batcher = MicroBatcher(infer=infer, max_batch_size=64, max_wait_s=0.2)
+    batcher = MicroBatcher(infer=infer, max_batch_size=64, max_wait_s=0.2, max_queue_items=256)
     batcher.start()
     poser = PoseService(codec=PoseCodec(card), batcher=batcher, metrics=Metrics(), limits=Limits(10**8, 10**8),
                         pixels=PixelBudget(10**8), request_timeout_s=30)
@@ -212,9 +212,9 @@ def test_the_client_sends_decode_and_reads_which_ran() -> None:
 
     with PoseClient("http://fake", transport=httpx.MockTransport(record)) as client:
         assert client.pose(b"jpeg").decode == "dark"
-        client.pose(b"jpeg", decode="dark")
-        with pytest.raises(ValueError, match="decode"):
-            client.pose(b"jpeg", decode="fancy")
+        client.pose(b"jpeg", options=PoseOptions(decode="dark"))
+    with pytest.raises(ValueError, match="decode"):
+        PoseOptions(decode="fancy")
     plain, chosen = sent
     assert b'name="decode"' not in plain
     assert re.search(rb'name="decode"\r\n\r\ndark\r\n', chosen)

@@ -2,8 +2,8 @@
 
 Person boxes come from an annotations JSON: COCO (`images[].file_name`, `annotations[].bbox`, crowd boxes skipped)
 or the `people` index of ../shared/data (`images[].file`, `images[].person_boxes_xywh`). Each image is decoded by
-`posecore.imaging.decode_image` and each box goes through `posecore.geometry` (box -> center/scale -> affine crop ->
-normalise) exactly as a request's would, so calibration sees what the served model sees. Images, not crops, are
+`posecore.imaging.decode_image` and its boxes go through the service's own `PoseCodec.crops` (box -> center/scale
+-> affine crop -> normalise), so calibration sees exactly what the served model sees. Images, not crops, are
 split into calibration and held-out sets, so no photo's persons land on both sides.
 """
 
@@ -18,7 +18,10 @@ from typing import Any
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from posecore import geometry
+from model_export.data.validation import InputDataError, check_boxes_index, check_coco_boxes
+from posecore.boxes import parse_boxes
+from posecore.codec import PoseCodec
+from posecore.errors import PoseError
 from posecore.imaging import decode_image
 from posecore.modelcard import ModelCard
 
@@ -63,6 +66,10 @@ def read_person_boxes(annotations: Path, images_dir: Path) -> list[AnnotatedImag
         raise CalibrationDataError(f"cannot read annotations {annotations}: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise CalibrationDataError(f"{annotations}: expected a JSON object with an 'images' list")
+    try:  # every entry's types, and file names that stay inside the image folder
+        (check_coco_boxes if "annotations" in data else check_boxes_index)(data, images_dir)
+    except InputDataError as exc:
+        raise CalibrationDataError(f"{annotations}: {exc}") from None
     if "annotations" in data:
         entries = _coco_boxes(data)
     else:
@@ -112,18 +119,19 @@ def make_crops(images: Sequence[AnnotatedImage], card: ModelCard, max_crops: int
     for index in chosen:
         i, j = pairs[index]
         by_image.setdefault(i, []).append(j)
-    input_wh = (card.input.width, card.input.height)
+    codec = PoseCodec(card)  # the service's own crops: one code path, no copy to drift
     inputs, centers, scales, names = [], [], [], []
     for i, box_indices in by_image.items():
         image = _read_rgb(images[i].path)
-        boxes = images[i].boxes_xywh[box_indices]
-        c, s = geometry.boxes_to_centers_scales(boxes, aspect_ratio=input_wh[0] / input_wh[1])
-        crops = np.stack([geometry.crop_person(image, center, scale, input_wh)
-                          for center, scale in zip(c, s, strict=True)])
-        inputs.append(geometry.normalize_crops(crops, card.input.mean, card.input.std, card.input.value_scale,
-                                               bgr=card.input.color_order.upper() == "BGR"))
-        centers.append(c)
-        scales.append(s)
+        rows = parse_boxes(images[i].boxes_xywh[box_indices])
+        assert rows is not None
+        try:
+            prepared = codec.crops(image, rows, flip=False)
+        except PoseError as error:
+            raise CalibrationDataError(f"{images[i].path}: {error.message}") from None
+        inputs.append(prepared.inputs)
+        centers.append(prepared.centers)
+        scales.append(prepared.scales)
         names.append(images[i].path.name)
     return CropSet(np.concatenate(inputs), np.concatenate(centers), np.concatenate(scales), names)
 
@@ -133,7 +141,10 @@ def _read_rgb(path: Path) -> np.ndarray:
         data = path.read_bytes()
     except OSError as exc:
         raise CalibrationDataError(f"cannot read calibration image {path}: {exc.strerror}") from None
-    return decode_image(data, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS)
+    try:
+        return decode_image(data, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS)
+    except PoseError as exc:
+        raise CalibrationDataError(f"calibration image {path}: {exc.code}: {exc.message}") from None
 
 
 def batches(inputs: np.ndarray, batch_size: int) -> list[np.ndarray]:

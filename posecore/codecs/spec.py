@@ -15,14 +15,14 @@ that users can measure what DARK or UDP decoding buys on their own model.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from posecore.contract import Decoding
 from posecore.errors import PoseError
 
-Decoding = Literal["official", "msra", "dark", "udp"]
-DECODINGS: tuple[Decoding, ...] = ("official", "msra", "dark", "udp")
+DECODINGS: tuple[Decoding, ...] = get_args(Decoding)
 # mmpose's MSRAHeatmap / UDPHeatmap default blur_kernel_size (the sigma=2 training kernel); its 384x288 DARK and UDP
 # configs keep it although they train with sigma=3, so the published APs were measured with 11.
 DEFAULT_BLUR_KERNEL = 11

@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from posecore.codecs.spec import allowed_decodings, card_decoding
+from posecore.contract import ErrorResponse
 from posecore.detection import PersonDetector
 from posecore.errors import PoseError
 from service.api.deps import service_state
-from service.schemas import DetectorInfo, ErrorResponse, ModelCardResponse
+from service.schemas import DetectorInfo, ModelCardResponse
 
 router = APIRouter(tags=["model"])
 
@@ -19,7 +20,7 @@ router = APIRouter(tags=["model"])
 async def model_card(request: Request) -> ModelCardResponse:
     state = service_state(request)
     if state.model is None:
-        raise PoseError("not_ready", "the model is not loaded yet", retry_after_s=5)
+        raise PoseError("not_ready", "the model is not loaded yet")
     card, backend = state.model.card, state.model.backend
     return ModelCardResponse(
         name=card.name,
