@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import itertools
 import json
 import re
 import socket
@@ -175,25 +174,6 @@ def test_every_registry_prefix_matches_its_file_name() -> None:
         assert hash_prefix_in_name(entry.file_name) == entry.sha256_prefix, entry.name
         assert len(entry.sha256_prefix) >= 8 and entry.ap is not None and 0.7 < entry.ap < 0.8
     assert {e.arch for e in entries} == {"w32_256x192", "w32_384x288", "w48_256x192", "w48_384x288"}
-
-
-def test_every_pose_entry_carries_the_codec_of_the_config_that_trained_it() -> None:
-    """mmpose's standard configs: MSRAHeatmap; _dark- configs: MSRAHeatmap(unbiased=True); _udp-: UDPHeatmap."""
-    for entry in load_registry():
-        assert entry.codec is not None, entry.name
-        spec = CodecSpec.model_validate(entry.codec)
-        expected = "udp" if "_udp-" in entry.name else "dark" if "_dark-" in entry.name else "msra"
-        assert spec.decoding == expected and spec.blur_kernel_size == 11, entry.name
-    names = {e.name for e in load_registry()}
-    for width, size in itertools.product(("w32", "w48"), ("256x192", "384x288")):
-        assert {f"td-hm_hrnet-{width}_{kind}-8xb{64 if width == 'w32' else 32}-210e_coco-{size}"
-                for kind in ("dark", "udp")} <= names
-
-
-def test_registry_refuses_an_unknown_codec() -> None:
-    entry = {**load_registry()[0].to_json(), "codec": {"type": "SimCCLabel"}}
-    with pytest.raises(ValueError, match="codec"):
-        parse_registry({"format": "hrnet-pose-weights-registry/1", "entries": [entry]})
 
 
 def test_registry_refuses_an_entry_whose_prefix_contradicts_its_file_name() -> None:
