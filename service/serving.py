@@ -28,6 +28,7 @@ from posecore.boxes import whole_image_box
 from posecore.codec import PersonPose, PoseCodec, Prepared
 from posecore.contract import Stage
 from posecore.detection import PersonDetector
+from posecore.detection.letterbox import Ratio
 from posecore.errors import PoseError
 from posecore.imaging import decode_opened, read_header
 from service.admission import PixelBudget, PixelReservation
@@ -74,7 +75,7 @@ class _Decoded:
     prepared: Prepared | None  # None while the detector has yet to find the people
     timings_s: dict[Stage, float] = field(default_factory=dict)
     detector_input: np.ndarray | None = None  # (3, S, S) letterboxed, when detecting
-    ratio: float = 1.0
+    ratio: Ratio = 1.0  # the detector letterbox's (posecore.detection.letterbox)
 
 
 class PoseService:

@@ -12,7 +12,7 @@ from posecore.codecs.spec import CodecSpec
 
 def test_every_pose_entry_carries_the_codec_of_the_config_that_trained_it() -> None:
     """mmpose's standard configs: MSRAHeatmap; _dark- configs: MSRAHeatmap(unbiased=True); _udp-: UDPHeatmap."""
-    for entry in load_registry():
+    for entry in (e for e in load_registry() if e.kind == "pose"):
         assert entry.codec is not None, entry.name
         spec = CodecSpec.model_validate(entry.codec)
         expected = "udp" if "_udp-" in entry.name else "dark" if "_dark-" in entry.name else "msra"
@@ -25,5 +25,8 @@ def test_every_pose_entry_carries_the_codec_of_the_config_that_trained_it() -> N
 
 def test_registry_refuses_an_unknown_codec() -> None:
     entry = {**load_registry()[0].to_json(), "codec": {"type": "SimCCLabel"}}
+    detector = {**next(e for e in load_registry() if e.kind == "detector").to_json(), "codec": {"type": "MSRAHeatmap"}}
+    with pytest.raises(ValueError, match="only pose entries have a codec"):
+        parse_registry({"format": "hrnet-pose-weights-registry/1", "entries": [detector]})
     with pytest.raises(ValueError, match="codec"):
         parse_registry({"format": "hrnet-pose-weights-registry/1", "entries": [entry]})

@@ -6,8 +6,10 @@
 (d) ONNX Runtime, one request and one crop at a time, no batching
 (e) with --int8-model: the INT8 model's ceiling and a second service on it, N clients single- and multi-person,
     in the same rounds, as ratios to the fp32 service
-(f) with --detector: a service with that person detector, 1 and N clients sending multi-person photos without
-    boxes (the detect stage, then every person found), in the same rounds
+(f) with --detector (an ONNX file, or a YOLOX arch such as yolox_s: exported with seeded random weights into a
+    temporary folder): a service with that person detector, 1 and N clients sending multi-person photos without
+    boxes (the detect stage, then every person found), in the same rounds; and the detector's ONNX Runtime call
+    alone, ms per photo at batch 1 and at batch N (its dynamic batch axis)
 (g) the pose codec's crop and decode cost of each test-time pipeline the card allows (official, msra, dark, udp),
     in this process on the multi-person photos (service/bench/decode_cost.py)
 Writes bench.json and bench.md to --out and prints the table.
@@ -19,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -33,6 +36,7 @@ from service.bench import baselines
 from service.bench.decode_cost import decode_costs
 from service.bench.decode_cost import markdown as decode_markdown
 from service.bench.detect_phase import BarePhotoPhase, describe, detector_env
+from service.bench.detector_model import detector_infer_ms, resolve_bench_detector
 from service.bench.http_load import http_load, peak_rss_bytes, running_service, stage_means_ms, stage_totals
 from service.bench.int8 import describe_int8, int8_ratios, int8_verdicts
 from service.bench.stats import Phase
@@ -60,8 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--skip-torch", action="store_true", help="skip the PyTorch eager baseline")
     parser.add_argument("--int8-model", type=Path, default=None, metavar="PATH",
                         help="also measure this INT8 model (python -m model_export quantize) against --model")
-    parser.add_argument("--detector", type=Path, default=None, metavar="PATH",
-                        help="also measure bare photos (no boxes) on a service with this person detector ONNX")
+    parser.add_argument("--detector", default=None, metavar="PATH_OR_ARCH",
+                        help="also measure bare photos (no boxes) on a service with this person detector ONNX; a "
+                             "YOLOX arch (e.g. yolox_s) exports one with seeded random weights into a temporary "
+                             "folder first")
     parser.add_argument("--detector-score-threshold", type=float, default=None,
                         help="the bare-photo service's POSE_DETECTOR_SCORE_THRESHOLD (default: the detector card's)")
     return parser.parse_args(argv)
@@ -147,8 +153,11 @@ def measure(args) -> dict:
         result |= {"int8_sweep": int8[2], "int8_card": int8[3]}
     if bare is not None:
         summary = bare.summary()
-        result |= {"bare_photo": describe(summary, args.detector, args.detector_score_threshold),
-                   "bare_photo_persons": summary}
+        infer_ms = detector_infer_ms(args.detector, (1, n), t)
+        alone = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in infer_ms.items())
+        result |= {"bare_photo": (f"{describe(summary, args.detector, args.detector_score_threshold)} Detector "
+                                  f"ONNX Runtime call alone, ms per photo: {alone}."),
+                   "bare_photo_persons": summary, "detector_infer_ms_per_photo": infer_ms}
     return result
 
 
@@ -217,9 +226,10 @@ def main(argv=None) -> int:
         raise SystemExit(f"model not found: {args.model}; run `make model` first")
     if args.int8_model is not None and not args.int8_model.is_file():
         raise SystemExit(f"INT8 model not found: {args.int8_model}; make it with `python -m model_export quantize`")
-    if args.detector is not None and not args.detector.is_file():
-        raise SystemExit(f"detector not found: {args.detector}")
-    result = measure(args)
+    with tempfile.TemporaryDirectory(prefix="bench-detector-") as folder:
+        if args.detector is not None:
+            args.detector = resolve_bench_detector(args.detector, Path(folder))
+        result = measure(args)
     r = ratios(result)
     v = verdicts(r, result["peak_rss_bytes"] / 2**30, args.clients)
     env = {"machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
@@ -231,7 +241,9 @@ def main(argv=None) -> int:
         "env": env, "model": result["card"].name, "trained": result["card"].trained,
         "phases": {k: p.summary() for k, p in result["phases"].items()}, "ceiling_sweep": result["sweep"],
         "stages_ms": result["stages_ms"], "peak_rss_bytes": result["peak_rss_bytes"], "ratios": r, "targets": v,
-        "bare_photo_persons": result.get("bare_photo_persons"), "decode_costs": result["decode_costs"],
+        "bare_photo_persons": result.get("bare_photo_persons"),
+        "detector_infer_ms_per_photo": result.get("detector_infer_ms_per_photo"),
+        "decode_costs": result["decode_costs"],
     }, indent=2))
     print(table)
     return 0
