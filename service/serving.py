@@ -241,6 +241,48 @@ class PoseService:
     def _record(self, timings_s: dict[Stage, float], persons: int) -> None:
         self.metrics.observe_request(timings_s, persons)
 
+    # -- a decoded video frame -------------------------------------------------------------------------------
+    async def estimate_frame(self, image: np.ndarray, boxes: np.ndarray | None, flip: bool,
+                             deadline: float) -> PoseResult:
+        """A decoded RGB frame through the same detector, crops, batcher and heatmap decoding as an image (so its
+        keypoints equal those of the frame POSTed as a PNG). `boxes` None: the detector finds the people (the
+        whole frame is one person without one). `deadline` is the whole video's."""
+        detection = self.detection if boxes is None else None
+        height, width = image.shape[:2]
+        announcement = self.batcher.announce((1 if boxes is None else len(boxes)) * (2 if flip else 1))
+        announcements = [announcement]
+        timings: dict[Stage, float] = {}
+        try:
+            if detection is not None:
+                announcements.append(detection.batcher.announce(1))
+                started = time.perf_counter()
+                detector_input, ratio = await self._in_worker(deadline, detection.detector.prepare, image)
+                batch = await detection.batcher.submit(detector_input[None], deadline, announcements[1])
+                boxes = await self._in_worker(deadline, detection.detector.boxes, batch.outputs[0], ratio,
+                                              (width, height))
+                timings[Stage.DETECT] = time.perf_counter() - started
+            started = time.perf_counter()
+            frame_boxes = whole_image_box((width, height)) if boxes is None else boxes
+            prepared = await self._in_worker(deadline, self.codec.crops, image, frame_boxes, flip)
+            timings[Stage.PREPROCESS] = time.perf_counter() - started
+            if len(prepared.inputs):
+                result = await self.batcher.submit(prepared.inputs, deadline, announcement)
+                maps = result.outputs
+                timings |= {Stage.QUEUE: result.queue_s, Stage.INFERENCE: result.inference_s}
+            else:
+                announcement.release()
+                maps = np.zeros((0,), np.float32)
+                timings |= {Stage.QUEUE: 0.0, Stage.INFERENCE: 0.0}
+            started = time.perf_counter()
+            persons = await self._in_worker(deadline, self.codec.persons, prepared, maps)
+            timings[Stage.POSTPROCESS] = time.perf_counter() - started
+        except BaseException:
+            for each in announcements:
+                each.release()
+            raise
+        self._record(timings, len(persons))
+        return PoseResult(prepared.image_wh, prepared.flip, persons, timings, decode=prepared.pipeline.decoding)
+
     # -- a batch call ----------------------------------------------------------------------------------------
     async def estimate_many(self, requests: Sequence[PoseRequest | PoseError],
                             concurrency: int = 4) -> list[PoseResult | PoseError]:

@@ -56,6 +56,20 @@ class Settings(BaseSettings):
     max_batch_items: int = Field(32, ge=1, description="Most images in one /v1/pose/batch call.")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest accepted request body.")
 
+    # video (POST /v1/pose/video, /v1/pose/video/render) and live streams (WS /v1/pose/stream)
+    max_video_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest accepted video file (streamed to a "
+                                 "temporary file; POSE_MAX_BODY_BYTES caps it too).")
+    max_video_frames: int = Field(3000, ge=1, description="Most frames in one video; a longer one is refused whole.")
+    max_video_pixels: int = Field(1920 * 1080, ge=1, description="Largest accepted width x height of a video frame.")
+    max_video_decode_s: float = Field(60.0, gt=0, description="Wall-clock budget for decoding one video.")
+    video_timeout_s: float = Field(600.0, gt=0, description="Deadline for one whole video call.")
+    video_frames_in_flight: int = Field(4, ge=1, description="Frames of one video being estimated at once (so "
+                                        "videos share the crop batcher with images instead of flooding it).")
+    max_concurrent_videos: int = Field(4, ge=1, description="Video calls and live streams served at once; beyond "
+                                       "it 429.")
+    stream_queue_frames: int = Field(2, ge=1, description="Frames a live stream holds waiting; a newer frame "
+                                     "pushes out the oldest (counted as dropped).")
+
     # access and hygiene
     api_keys: str = Field("", description="Comma-separated API keys; empty disables auth.")
     api_keys_file: Path | None = Field(None, description="File with one API key per line.")

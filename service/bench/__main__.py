@@ -10,7 +10,8 @@
     temporary folder): a service with that person detector, 1 and N clients sending multi-person photos without
     boxes (the detect stage, then every person found), in the same rounds; and the detector's ONNX Runtime call
     alone, ms per photo at batch 1 and at batch N (its dynamic batch axis)
-(g) the pose codec's crop and decode cost of each test-time pipeline the card allows (official, msra, dark, udp),
+(g) videos: 1 and N concurrent clients posting an H.264 clip to /v1/pose/video (frames/s, vs (b)'s crops/s)
+(h) the pose codec's crop and decode cost of each test-time pipeline the card allows (official, msra, dark, udp),
     in this process on the multi-person photos (service/bench/decode_cost.py)
 Writes bench.json and bench.md to --out and prints the table.
 """
@@ -40,6 +41,7 @@ from service.bench.detector_model import detector_infer_ms, resolve_bench_detect
 from service.bench.http_load import http_load, peak_rss_bytes, running_service, stage_means_ms, stage_totals
 from service.bench.int8 import describe_int8, int8_ratios, int8_verdicts
 from service.bench.stats import Phase
+from service.bench.video_phase import VideoPhase, make_clip
 from service.bench.workload import DEFAULT_PEOPLE_DIR, load_photos
 
 STAGE_ORDER = tuple(Stage)
@@ -70,6 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "folder first")
     parser.add_argument("--detector-score-threshold", type=float, default=None,
                         help="the bare-photo service's POSE_DETECTOR_SCORE_THRESHOLD (default: the detector card's)")
+    parser.add_argument("--skip-video", action="store_true", help="skip the video phase (g)")
     return parser.parse_args(argv)
 
 
@@ -116,6 +119,7 @@ def measure(args) -> dict:
             detect_url = services.enter_context(running_service(
                 args.model, env | detector_env(args.detector, args.detector_score_threshold)))[0]
             bare = BarePhotoPhase(detect_url, multi, n, t)
+        videos = None if args.skip_video else VideoPhase(url, make_clip(single[0]), n, t)
         for _ in range(args.rounds):
             run("ceiling", baselines.model_only(backend, best, t))
             run("model_batch1", baselines.model_only(backend, 1, t))
@@ -138,6 +142,8 @@ def measure(args) -> dict:
                 run_service("int8_service_multi", f"(e) INT8 service, {n} clients, multi-person", multi, n, int8_url)
             if bare is not None:
                 bare.run_round()
+            if videos is not None:
+                videos.run_round()
         rss = peak_rss_bytes(pid)
     stages = {key: stage_means_ms({}, {s: tuple(v) for s, v in sums.items()}) for key, sums in stage_sums.items()}
     if bare is not None:
@@ -151,6 +157,10 @@ def measure(args) -> dict:
     if int8:
         phases["int8_ceiling"].name = f"(e) INT8 ceiling: raw ORT, best batch size ({int8[1]})"
         result |= {"int8_sweep": int8[2], "int8_card": int8[3]}
+    if videos is not None:
+        phases |= videos.phases
+        result |= {"video": videos.describe(phases["service_single"].crops_per_s),
+                   "video_frames_per_s": videos.frames_per_s()}
     if bare is not None:
         summary = bare.summary()
         infer_ms = detector_infer_ms(args.detector, (1, n), t)
@@ -205,6 +215,8 @@ def markdown(result: dict, r: dict[str, float], v: dict[str, bool], env: dict) -
                   f"INT8 ceiling sweep (crops/s by batch size): {result['int8_sweep']}"]
     if "bare_photo" in result:
         lines += ["", result["bare_photo"]]
+    if "video" in result:
+        lines += ["", result["video"]]
     lines += ["", f"Ceiling sweep (crops/s by batch size): {result['sweep']}", "",
               "Where a service request's time goes (mean ms per request, by stage):", "",
               "| phase | " + " | ".join(map(str, STAGE_ORDER)) + " |", "|---|" + "---:|" * len(STAGE_ORDER)]
@@ -243,6 +255,7 @@ def main(argv=None) -> int:
         "stages_ms": result["stages_ms"], "peak_rss_bytes": result["peak_rss_bytes"], "ratios": r, "targets": v,
         "bare_photo_persons": result.get("bare_photo_persons"),
         "detector_infer_ms_per_photo": result.get("detector_infer_ms_per_photo"),
+        "video_frames_per_s": result.get("video_frames_per_s"),
         "decode_costs": result["decode_costs"],
     }, indent=2))
     print(table)
