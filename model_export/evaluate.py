@@ -140,26 +140,28 @@ def usable_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray
 class LocalRunner:
     """The service's image decode and pose codec around a backend, in this process."""
 
-    def __init__(self, card: ModelCard, infer: Callable[[np.ndarray], np.ndarray], max_batch: int) -> None:
+    def __init__(self, card: ModelCard, infer: Callable[[np.ndarray], np.ndarray], max_batch: int,
+                 decode: str | None = None) -> None:
         self.card = card
         self.infer = infer
         self.max_batch = max_batch
         self.codec = PoseCodec(card)  # what the service runs, without its threads and batcher
+        self.decode = self.codec.pipeline(decode).decoding  # refused now when the card does not allow it
         self.last_image_wh: tuple[int, int] = (0, 0)
 
     @classmethod
     def from_onnx(cls, model_path: str | os.PathLike, provider: str = "cpu", max_batch: int = 8,
-                  threads: int = 0) -> LocalRunner:
+                  threads: int = 0, decode: str | None = None) -> LocalRunner:
         """OrtBackend + the card beside the ONNX file, loaded as the service loads them."""
         backend = OrtBackend(Path(model_path), provider=provider, intra_op_threads=threads, max_batch=max_batch)
         card, _ = read_card(Path(model_path), backend)
-        return cls(card, backend.infer, backend.max_batch_size)
+        return cls(card, backend.infer, backend.max_batch_size, decode)
 
     def __call__(self, data: bytes, boxes: np.ndarray, flip: bool) -> list[PersonPose]:
         image = decode_image(data, LOCAL_MAX_IMAGE_BYTES, LOCAL_MAX_IMAGE_PIXELS)
         rows = parse_boxes(boxes)
         assert rows is not None
-        prepared = self.codec.crops(image, rows, flip)
+        prepared = self.codec.crops(image, rows, flip, self.decode)
         self.last_image_wh = prepared.image_wh
         inputs = prepared.inputs
         maps = np.concatenate([self.infer(inputs[i:i + self.max_batch])
@@ -172,22 +174,26 @@ class ServiceRunner:
     `max_boxes` (the service's POSE_MAX_BOXES). Overload answers are retried as the client retries them."""
 
     def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 120.0,
-                 max_boxes: int = DEFAULT_MAX_BOXES) -> None:
+                 max_boxes: int = DEFAULT_MAX_BOXES, decode: str | None = None) -> None:
         from pose_client import PoseClient  # installed beside the project (make install), httpx only
 
         self.client = PoseClient(url, api_key=api_key, timeout=timeout_s, max_concurrency=1)
         self.max_boxes = max_boxes
-        self.card = ModelCard.model_validate(self.client.model()["card"])
+        model = self.client.model()
+        self.card = ModelCard.model_validate(model["card"])
         self.last_image_wh: tuple[int, int] = (0, 0)
+        self.requested = decode
+        self.decode = decode or model.get("decode_default", "official")  # then what the service says ran
 
     def __call__(self, data: bytes, boxes: np.ndarray, flip: bool) -> list[PersonPose]:
         from pose_client import PoseOptions
 
-        options = PoseOptions(flip=flip)
+        options = PoseOptions(flip=flip, decode=self.requested)
         persons = []
         for start in range(0, len(boxes), self.max_boxes):
             result = self.client.pose(data, boxes[start:start + self.max_boxes].tolist(), options)
             self.last_image_wh = (result.image.width, result.image.height)
+            self.decode = result.decode or self.decode
             persons += [PersonPose(np.asarray(person.box, dtype=np.float64), person.box_score, person.score,
                                    np.asarray(person.coco_keypoints, dtype=np.float64).reshape(-1, 3))
                         for person in result.persons]

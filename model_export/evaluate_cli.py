@@ -20,8 +20,10 @@ from model_export.evaluate import (
 )
 from model_export.fetch.detector_source import resolve_detector
 from posecore.backend import ModelLoadError
+from posecore.codecs.spec import DECODINGS
 from posecore.contract import DEFAULT_MAX_BOXES
 from posecore.detection import PersonDetector
+from posecore.errors import PoseError
 
 EVALUATE_DESCRIPTION = """\
 COCO keypoint AP (pycocotools COCOeval, iouType 'keypoints') of an exported HRNet ONNX model, computed with
@@ -85,6 +87,9 @@ def add_evaluate_parser(subparsers: Any) -> None:
                         help=f"drop detections scored below S (default {DETECTION_SCORE_THRESHOLD}, official)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                         help="flip test: average with the mirrored crop's heatmaps (default on, as official)")
+    parser.add_argument("--decode", choices=DECODINGS, default=None,
+                        help="test-time pipeline: official (HRNet), msra, dark or udp (mmpose 1.x); default: the "
+                             "model card's codec (README 'Test-time pipelines')")
     parser.add_argument("--oks-threshold", type=float, default=OKS_NMS_THRESHOLD, metavar="T",
                         help=f"OKS-NMS threshold per image (default {OKS_NMS_THRESHOLD}, official)")
     parser.add_argument("--provider", choices=["auto", "cpu", "cuda", "tensorrt"], default="cpu",
@@ -123,15 +128,15 @@ def run_evaluate_command(args: Any) -> int:
             resolve_detector(args.detector), score_threshold=args.detector_threshold, provider=args.provider,
             intra_op_threads=args.threads)
         if args.url:
-            runner = ServiceRunner(args.url, api_key=args.api_key, max_boxes=args.max_boxes)
+            runner = ServiceRunner(args.url, api_key=args.api_key, max_boxes=args.max_boxes, decode=args.decode)
         else:
-            runner = LocalRunner.from_onnx(args.model, args.provider, args.batch_size, args.threads)
+            runner = LocalRunner.from_onnx(args.model, args.provider, args.batch_size, args.threads, args.decode)
         result = evaluate(args.annotations, args.images, runner, runner.card, args.detections, args.flip,
                           args.det_threshold, args.oks_threshold, progress=not args.no_progress, detector=detector)
     except InputDataError as error:  # an image that does not decode
         print(f"evaluate: {error}", file=sys.stderr)
         return 2
-    except (ModelLoadError, OSError, ValueError, RuntimeError) as error:
+    except (ModelLoadError, PoseError, OSError, ValueError, RuntimeError) as error:
         print(f"evaluate failed: {error}", file=sys.stderr)
         return 1
     except Exception as error:  # pose_client's errors: the service is not there, or refused
@@ -151,7 +156,8 @@ def run_evaluate_command(args: Any) -> int:
     trained = "" if card.trained else "  (UNTRAINED model: these numbers are meaningless)"
     print(f"COCO keypoint evaluation of {what} [{card.arch}]{trained}\n"
           f"  {args.annotations}: {result.num_images} images, {result.num_boxes} person boxes ({boxes}), "
-          f"flip test {'on' if args.flip else 'off'}, {len(result.results)} persons after OKS-NMS")
+          f"flip test {'on' if args.flip else 'off'}, decode {runner.decode}, {len(result.results)} persons after "
+          "OKS-NMS")
     if card.warning:
         print(f"  model warning: {card.warning}")
     print(format_stats(result.stats))
@@ -159,6 +165,7 @@ def run_evaluate_command(args: Any) -> int:
         body = {**result.to_json(), "model": None if args.url else str(args.model), "url": args.url,
                 "annotations": str(args.annotations), "images": str(args.images),
                 "detections": None if args.detections is None else str(args.detections), "flip": args.flip,
+                "decode": runner.decode,
                 "detector": None if detector is None else {"path": str(args.detector), "card": detector.card.model_dump(
                     mode="json"), "score_threshold": detector.score_threshold, "nms_iou": detector.nms_iou},
                 "card": {"name": card.name, "arch": card.arch, "trained": card.trained, "warning": card.warning,

@@ -31,6 +31,7 @@ from model_export.checkpoint import (
 from model_export.checks import ExportCheckFailed
 from model_export.configs import HRNetConfig, get_config
 from model_export.hrnet import HRNet, build_hrnet
+from posecore.codecs.spec import CodecSpec
 from posecore.modelcard import UNTRAINED_WARNING, InputSpec, ModelCard, OutputSpec, WeightsInfo, card_path_for
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ def describe_training(training: dict[str, Any], checkpoint_path: Path | None) ->
 
 def make_card(output: Path, config: HRNetConfig, checkpoint_path: Path | None, trained: bool, seed: int,
               opset: int, check: dict[str, Any], training: dict[str, Any] | None = None,
-              provenance: dict[str, Any] | None = None) -> ModelCard:
+              provenance: dict[str, Any] | None = None, codec: CodecSpec | None = None) -> ModelCard:
     warning = None if trained else UNTRAINED_WARNING
     if trained:
         source = checkpoint_path.name if checkpoint_path else "in-memory checkpoint"
@@ -196,6 +197,7 @@ def make_card(output: Path, config: HRNetConfig, checkpoint_path: Path | None, t
         dynamic_batch=True,
         versions=tool_versions(),
         export_check=check,
+        codec=codec,
     )
 
 
@@ -208,6 +210,7 @@ def export_onnx(
     check_batches: Sequence[int] = CHECK_BATCHES,
     fp16: bool = False,
     provenance: dict[str, Any] | None = None,
+    codec: CodecSpec | dict[str, Any] | None = None,
 ) -> ModelCard:
     """Export HRNet to `output` (.onnx) plus its model card (.json beside it); returns the card.
 
@@ -217,8 +220,10 @@ def export_onnx(
     `checkpoint` is a path or an already-loaded checkpoint object. Without it the weights are the official
     random init from `seed`: an UNTRAINED model whose keypoints are meaningless, marked so in the card and
     in the ONNX metadata. `arch` may be None when the checkpoint carries its config. `provenance` holds
-    further WeightsInfo fields for the card (source, registry_name, url, ap: see model_export.fetch).
+    further WeightsInfo fields for the card (source, registry_name, url, ap: see model_export.fetch). `codec` is
+    the keypoint codec the checkpoint was trained with (posecore.codecs.spec; None: the official HRNet pipeline).
     """
+    codec = CodecSpec.model_validate(codec) if isinstance(codec, dict) else codec
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset must be between {MIN_OPSET} and {MAX_OPSET}, got {opset}")
     output = Path(output)
@@ -255,7 +260,7 @@ def export_onnx(
                     check["tolerance"], check["max_abs_output"])
 
     card = make_card(output, config, checkpoint_path, trained, seed, opset, check, training_summary(checkpoint_obj),
-                     provenance)
+                     provenance, codec)
     card.write(card_path_for(output))
     export_log.info("model card written to %s", card_path_for(output))
     return card

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from model_export.checkpoint import CheckpointError, read_checkpoint_config
 from model_export.configs import ARCHS
 from model_export.export import (
@@ -21,7 +23,8 @@ from model_export.export import (
 )
 from model_export.yolox.cli import run_detector_export
 from model_export.yolox.configs import YOLOX_ARCHS, is_yolox_arch
-from posecore.modelcard import card_path_for
+from posecore.codecs.spec import CodecSpec
+from posecore.modelcard import card_path_for, first_error
 
 EXPORT_DESCRIPTION = f"""\
 Export an HRNet pose network to ONNX, verify it, and write its model card.
@@ -83,7 +86,20 @@ def add_export_parser(subparsers: Any) -> None:
     parser.add_argument("--fp16", action="store_true",
                         help="FP16 weights and arithmetic with float32 input/output, for GPUs; kept only if within "
                              "1e-2 x max |output| of the verified FP32 export on the check batches")
+    parser.add_argument("--codec", type=_codec, default=None, metavar="JSON",
+                        help="the keypoint codec the checkpoint was trained with, as its mmpose config names it, e.g. "
+                             "'{\"type\": \"UDPHeatmap\"}' or '{\"type\": \"MSRAHeatmap\", \"unbiased\": "
+                             "true}'; written into the card, it picks the test-time pipeline (README 'Test-time "
+                             "pipelines'; default: none, the official HRNet pipeline)")
     parser.set_defaults(run=run_export_command, parser=parser)
+
+
+def _codec(text: str) -> CodecSpec:
+    """--codec: JSON -> a validated CodecSpec (argparse reports a ValueError as an invalid value)."""
+    try:
+        return CodecSpec.model_validate_json(text)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(f"not a codec: {first_error(exc)}") from None
 
 
 def run_export_command(args: Any) -> int:
@@ -100,7 +116,8 @@ def run_export_command(args: Any) -> int:
             carried = read_checkpoint_config(args.checkpoint) if args.arch is None else None
             output = Path("models") / f"hrnet_{args.arch or (carried.name if carried else 'model')}.onnx"
         card = export_onnx(args.arch, output, checkpoint=args.checkpoint,
-                           seed=0 if args.seed is None else args.seed, opset=args.opset, fp16=args.fp16)
+                           seed=0 if args.seed is None else args.seed, opset=args.opset, fp16=args.fp16,
+                           codec=args.codec)
     except (CheckpointError, ExportCheckFailed, ValueError, KeyError, OSError) as error:
         untrained = "UNTRAINED model: " if args.random_init else ""
         print(f"{untrained}export failed: {error}", file=sys.stderr)

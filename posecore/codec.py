@@ -1,7 +1,10 @@
-"""The pose codec: the official HRNet test pipeline around the network, pure and synchronous.
+"""The pose codec: the test-time pipeline around the network, pure and synchronous.
 
     decoded image + boxes -> center/scale -> affine crops -> normalised input (+ mirrored for the flip test)
-    heatmaps -> flip-test average -> argmax + quarter-pixel -> inverse affine -> rescored persons
+    heatmaps -> flip-test average -> argmax + refinement -> back to image pixels -> rescored persons
+
+The pipeline is the official HRNet one (posecore.geometry / posecore.heatmaps) unless the model card's `codec`
+names mmpose's MSRAHeatmap, DARK or UDP (posecore.codecs), and a request may pick another one the card allows.
 
 No threads, no batcher, no globals: serving (service/serving.py), evaluation, training validation and the bench
 all run these same two calls, so they cannot drift apart. Time, queues and metrics belong to the caller.
@@ -15,7 +18,11 @@ import numpy as np
 
 from posecore import geometry, heatmaps
 from posecore.boxes import fit_to_image
+from posecore.codecs import pipelines
+from posecore.codecs.spec import Decoding, Pipeline, allowed_decodings, card_decoding, resolve_pipeline
 from posecore.modelcard import ModelCard
+
+OFFICIAL = Pipeline("official")
 
 
 @dataclass
@@ -26,9 +33,10 @@ class Prepared:
     boxes: np.ndarray  # (N, 4) xywh, image pixels
     box_scores: np.ndarray  # (N,)
     centers: np.ndarray  # (N, 2) float32
-    scales: np.ndarray  # (N, 2) float32
+    scales: np.ndarray  # (N, 2) float32: official, in units of 200 px; mmpose pipelines: pixels
     inputs: np.ndarray  # (N or 2N, 3, h, w) float32; the mirrored crops follow the originals
     flip: bool
+    pipeline: Pipeline = OFFICIAL  # the decoding that made the crops and will read their heatmaps
 
 
 @dataclass
@@ -47,25 +55,37 @@ class PoseCodec:
         self.input_wh = (card.input.width, card.input.height)
         self.aspect_ratio = card.input.width / card.input.height
         self.flip_pairs = card.flip_pairs
+        self.default_decoding: Decoding = card_decoding(card.codec)
+        self.allowed_decodings = allowed_decodings(card.codec)
 
-    def crops(self, image_rgb: np.ndarray, boxes: np.ndarray, flip: bool) -> Prepared:
+    def pipeline(self, decoding: str | None = None) -> Pipeline:
+        """The card's pipeline, or `decoding` where the card allows it (else PoseError invalid_request)."""
+        return resolve_pipeline(self.card.codec, decoding)
+
+    def crops(self, image_rgb: np.ndarray, boxes: np.ndarray, flip: bool, decoding: str | None = None) -> Prepared:
         """RGB uint8 (H, W, 3) and parsed boxes (N, 5: x, y, w, h, score; see posecore.boxes) -> network input.
 
-        Raises PoseError invalid_boxes for boxes that do not fit the image.
+        Raises PoseError invalid_boxes for boxes that do not fit the image, invalid_request for a decoding the
+        card does not allow.
         """
+        pipeline = self.pipeline(decoding)
         height, width = image_rgb.shape[:2]
         xywh, box_scores = fit_to_image(boxes, (width, height))
-        centers, scales = geometry.boxes_to_centers_scales(xywh, aspect_ratio=self.aspect_ratio)
-        inputs = self._normalised_crops(image_rgb, centers, scales, flip)
-        return Prepared((width, height), xywh, box_scores, centers, scales, inputs, flip)
+        if len(xywh) == 0:
+            centers = scales = np.zeros((0, 2), np.float32)
+            crops = np.zeros((0, self.input_wh[1], self.input_wh[0], 3), np.uint8)
+        elif pipeline.crop == "official":
+            centers, scales = geometry.boxes_to_centers_scales(xywh, aspect_ratio=self.aspect_ratio)
+            crops = np.stack([geometry.crop_person(image_rgb, c, s, self.input_wh)
+                              for c, s in zip(centers, scales, strict=True)])
+        else:
+            centers, scales, crops = pipelines.crops(image_rgb, xywh, pipeline, self.input_wh)
+        inputs = self._normalised(crops, flip)
+        return Prepared((width, height), xywh, box_scores, centers, scales, inputs, flip, pipeline)
 
-    def _normalised_crops(self, image: np.ndarray, centers: np.ndarray, scales: np.ndarray,
-                          flip: bool) -> np.ndarray:
-        width, height = self.input_wh
-        if len(centers) == 0:
-            return np.zeros((0, 3, height, width), np.float32)
-        crops = np.stack([geometry.crop_person(image, c, s, self.input_wh)
-                          for c, s in zip(centers, scales, strict=True)])
+    def _normalised(self, crops: np.ndarray, flip: bool) -> np.ndarray:
+        if len(crops) == 0:
+            return np.zeros((0, 3, self.input_wh[1], self.input_wh[0]), np.float32)
         spec = self.card.input
         inputs = geometry.normalize_crops(crops, spec.mean, spec.std, spec.value_scale, bgr=spec.color_order == "BGR")
         if flip:  # the official flip test mirrors the normalised input tensor (input.flip(3))
@@ -77,9 +97,14 @@ class PoseCodec:
         n = len(prepared.boxes)
         if n == 0:
             return []
+        pipeline = prepared.pipeline
         if prepared.flip:
-            maps = heatmaps.flip_test_average(maps[:n], maps[n:], self.flip_pairs, shift=True)
-        coords, maxvals = heatmaps.decode_heatmaps(maps, prepared.centers, prepared.scales)
+            maps = heatmaps.flip_test_average(maps[:n], maps[n:], self.flip_pairs, shift=pipeline.shift_heatmap)
+        if pipeline.decoding == "official":
+            coords, maxvals = heatmaps.decode_heatmaps(maps, prepared.centers, prepared.scales)
+        else:
+            coords, scores = pipelines.keypoints(maps, prepared.centers, prepared.scales, pipeline, self.input_wh)
+            maxvals = scores[..., None]
         persons = []
         for i in range(n):
             keypoints = np.concatenate([coords[i], maxvals[i]], axis=1)

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 BoxFormat = Literal["xywh", "xyxy"]
+Decoding = Literal["official", "msra", "dark", "udp"]  # posecore/codecs/spec.py: the test-time pipelines
 BOX_FORMATS: tuple[str, ...] = ("xywh", "xyxy")
 DEFAULT_MAX_BOXES = 100  # person boxes per image: the service's POSE_MAX_BOXES default, its detector's cap
 BOXES_DESCRIPTION = ("JSON list of person boxes, e.g. [[10, 20, 100, 200], [50, 60, 80, 160, 0.9]] (5th value: box "
@@ -53,6 +54,10 @@ class PoseOptions(BaseModel):
     flip: bool | None = Field(None, description="Flip test (2x compute, ~+1 AP); default from POSE_FLIP_TEST.")
     detect: bool | None = Field(None, description="Without boxes: run the person detector (default true); false: "
                                 "the whole image is one person.")
+    decode: Decoding | None = Field(None, description="Test-time pipeline: official (HRNet), msra, dark or udp (mmpose "
+                                    "1.x); default: the model card's codec. A UDP-trained model allows only udp "
+                                    "(GET /v1/model lists what the served model allows). In a batch call an item may "
+                                    "set its own.")
 
 
 # -- response -----------------------------------------------------------------------------------------------
@@ -103,6 +108,8 @@ class PoseResponse(_Answer):
     image: ImageInfo
     model: ModelInfo
     flip: bool
+    decode: Decoding = Field("official", description="The test-time pipeline that ran: official (HRNet), or mmpose "
+                             "1.x's msra, dark or udp; the request's `decode`, else the model card's codec.")
     persons: list[Person]
     timings_ms: dict[str, float] = Field(description=f"Per-stage latency: {', '.join(map(str, Stage))}.")
 

@@ -11,9 +11,10 @@ import logging
 from pathlib import Path
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from posecore import coco
+from posecore.codecs.spec import CodecSpec
 from posecore.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,9 @@ class ModelCard(BaseModel):
     versions: dict[str, str] = {}
     export_check: dict[str, float | int | str | list[int]] = {}
     quantization: QuantizationInfo | None = None
+    codec: CodecSpec | None = Field(None, description="The keypoint codec the model was trained with, named as mmpose "
+                                    "configs name it; it picks the test-time pipeline (posecore.codecs). None: the "
+                                    "official HRNet pipeline.")
 
     @property
     def precision(self) -> Precision:
@@ -140,6 +144,15 @@ class ModelCard(BaseModel):
     @classmethod
     def read(cls, path: Path) -> ModelCard:
         return cls.model_validate_json(path.read_text())
+
+
+def first_error(exc: ValidationError) -> str:
+    """One line: where the first problem is and what it is (e.g. "codec.type: Input should be 'MSRAHeatmap' or
+    'UDPHeatmap' (got 'SimCC')")."""
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"]) or "card"
+    got = f" (got {str(error['input'])[:60]!r})" if error["type"] not in ("missing", "value_error") else ""
+    return f"{where}: {error['msg']}{got}"
 
 
 def card_path_for(onnx_path: Path) -> Path:
@@ -191,6 +204,8 @@ def read_card(onnx_path: Path, model: ModelShapes) -> tuple[ModelCard, bool]:
         return card, False
     try:
         card = ModelCard.read(card_path)
+    except ValidationError as exc:
+        raise ModelLoadError(f"model card {card_path} is not valid: {first_error(exc)}") from None
     except ValueError as exc:
         raise ModelLoadError(f"model card {card_path} is not valid: {str(exc).splitlines()[0]}") from None
     if (card.input.height, card.input.width) != model.input_hw or (

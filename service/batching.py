@@ -5,6 +5,10 @@ letterboxed images) from the event loop; one worker thread forms batches of up t
 calls `infer`, off the event loop, which answers one output row per item (outputs, or detector rows). A
 request's items may span batches. It knows nothing of HTTP and nothing of ONNX Runtime: `infer` is any callable.
 
+Crops of different test-time pipelines (official, msra, dark, udp: posecore.codecs) share batches freely: each
+request crops and normalises before it submits (the UDP crop's matrix differs, the tensor's form does not), and the
+network maps each crop to its own heatmaps, so what one crop was cut with never touches another's.
+
 - Admission control: at most `max_queue_items` items admitted (queued + running); beyond that `submit`
   raises PoseError('overloaded') with a Retry-After hint, so overload is a fast 429, not a growing queue.
 - Waiting: a batch waits up to `max_wait_s` for more items, but only while another request has announced

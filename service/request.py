@@ -22,6 +22,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
 from posecore.boxes import parse_boxes
+from posecore.codecs.spec import DECODINGS
 from posecore.contract import BOX_FORMATS, BOXES_DESCRIPTION, PoseOptions
 from posecore.errors import PoseError
 
@@ -36,6 +37,7 @@ class PoseRequest:
     boxes: np.ndarray | None  # (N, 5) x, y, w, h, score from posecore.boxes; None: not given
     flip: bool  # resolved: the caller's choice or the service default
     detect: bool = True  # without boxes: run the person detector (when one is configured)
+    decode: str | None = None  # the test-time pipeline (posecore.codecs.spec); None: the model card's
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,12 @@ def _box_format(name: str, value: Any) -> str:
     return str(value)
 
 
+def _decoding(name: str, value: Any) -> str:
+    if value not in DECODINGS:
+        raise PoseError("invalid_request", f"'{name}' must be one of {', '.join(DECODINGS)}, not {str(value)[:20]!r}")
+    return str(value)
+
+
 def _boxes_from_json(name: str, value: Any) -> Any:
     """In a JSON body the boxes are a list (its rows are checked by posecore.boxes) or null; anything else is a
     malformed body, not a bad box."""
@@ -92,10 +100,12 @@ class RequestField:
     from_text: Callable[[str, str], Any]
     from_json: Callable[[str, Any], Any]
     per_item: bool = False  # in a batch call: one value per image (else one per call)
+    item_override: bool = False  # a call-level field that a batch item may also set for itself
 
 
 _BOOL = {"type": "boolean"}
 _FORMAT = {"type": "string", "enum": list(BOX_FORMATS)}
+_DECODING = {"type": "string", "enum": list(DECODINGS)}
 _BOX_LIST = {"type": "array", "items": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 5}}
 
 def _described(name: str) -> str:
@@ -109,6 +119,7 @@ FIELDS: tuple[RequestField, ...] = (
     RequestField("box_format", _FORMAT, _FORMAT, _described("box_format"), _box_format, _box_format),
     RequestField("flip", _BOOL, _BOOL, _described("flip"), _bool_from_text, _bool_from_json),
     RequestField("detect", _BOOL, _BOOL, _described("detect"), _bool_from_text, _bool_from_json),
+    RequestField("decode", _DECODING, _DECODING, _described("decode"), _decoding, _decoding, item_override=True),
 )
 
 
@@ -122,6 +133,7 @@ def build_request(image: bytes, values: Mapping[str, Any], defaults: RequestDefa
         boxes=parse_boxes(values.get("boxes"), box_format, defaults.max_boxes),
         flip=defaults.flip if flip is None else flip,
         detect=True if detect is None else detect,
+        decode=values.get("decode"),
     )
 
 
@@ -198,7 +210,7 @@ def _batch_from_json(body: bytes, defaults: RequestDefaults, max_items: int) -> 
     except (ValueError, RecursionError):
         raise PoseError("invalid_json", "the body is not valid JSON") from None
     call_fields = {f.name: f for f in FIELDS if not f.per_item}
-    item_fields = {f.name: f for f in FIELDS if f.per_item}
+    item_fields = {f.name: f for f in FIELDS if f.per_item or f.item_override}
     if not isinstance(document, dict):
         raise PoseError("invalid_request", "body: must be a JSON object {'items': [...]}")
     _refuse_unknown("body", document, {"items", *call_fields})
@@ -216,7 +228,8 @@ def _batch_from_json(body: bytes, defaults: RequestDefaults, max_items: int) -> 
         encoded = item.get("image_base64")
         if not isinstance(encoded, str):
             raise PoseError("invalid_request", f"items.{i}.image_base64: a base64 string is required")
-        own = {name: item_fields[name].from_json(name, item[name]) for name in item_fields if name in item}
+        own = {name: item_fields[name].from_json(name, item[name]) for name in item_fields
+               if item.get(name) is not None}  # null: not given
         decode = functools.partial(base64.b64decode, encoded, validate=True)
         requests.append(_item(decode, {**values, **own}, defaults))
     return requests
@@ -269,7 +282,7 @@ def single_body() -> dict[str, Any]:
 def batch_body() -> dict[str, Any]:
     item = {"type": "object", "required": ["image_base64"], "additionalProperties": False, "properties": {
         "image_base64": {"type": "string", "description": "The image file (JPEG, PNG, WebP, BMP), base64-encoded."},
-        **{f.name: {**f.schema, "description": f.description} for f in FIELDS if f.per_item}}}
+        **{f.name: {**f.schema, "description": f.description} for f in FIELDS if f.per_item or f.item_override}}}
     call = {f.name: {**f.schema, "description": f.description} for f in FIELDS if not f.per_item}
     form_fields = {f.name: {**f.text_schema, "description": f.description} for f in FIELDS if not f.per_item}
     return {

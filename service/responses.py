@@ -33,6 +33,7 @@ def pose_response(result: PoseResult, model: ModelInfo, keypoint_names: Sequence
         "image": {"width": width, "height": height},
         "model": model,
         "flip": result.flip,
+        "decode": result.decode,
         "persons": persons,
         "timings_ms": timings_ms(result.timings_s),
     })

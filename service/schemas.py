@@ -40,6 +40,10 @@ class ModelCardResponse(BaseModel):
     skeleton: list[list[int]]
     batch_sizes: list[int]
     card_found: bool
+    decode_default: str = Field("official", description="The test-time pipeline run when a request does not say "
+                                "(from the card's codec).")
+    decode_allowed: list[str] = Field(["official", "msra", "dark", "udp"], description="The `decode` values "
+                                      "this model accepts (a UDP-trained model: udp only).")
     detector: DetectorInfo | None = Field(
         None, description="The person detector run for requests without boxes; null when none is configured.")
     card: dict

@@ -53,6 +53,7 @@ class PoseResult:
     timings_s: dict[Stage, float]
     image: np.ndarray | None = None  # the decoded RGB image, kept only when asked for (render)
     reservation: PixelReservation | None = None  # its pixels, held while the image is kept
+    decode: str = "official"  # the test-time pipeline that ran (posecore.codecs.spec)
 
     def release_image(self) -> None:
         self.image = None
@@ -127,6 +128,7 @@ class PoseService:
 
     async def _estimate(self, request: PoseRequest, keep_image: bool) -> PoseResult:
         deadline = time.monotonic() + self.request_timeout_s
+        self.codec.pipeline(request.decode)  # a decoding the card does not allow is refused before any work
         boxes = request.boxes
         detection = self.detection if boxes is None and request.detect else None
         expected_crops = (1 if boxes is None else len(boxes)) * (2 if request.flip else 1)
@@ -171,8 +173,9 @@ class PoseService:
             raise
         self._record(timings, len(persons))
         if keep_image:
-            return PoseResult(prepared.image_wh, prepared.flip, persons, timings, decoded.image, reservation)
-        return PoseResult(prepared.image_wh, prepared.flip, persons, timings)
+            return PoseResult(prepared.image_wh, prepared.flip, persons, timings, decoded.image, reservation,
+                              decode=prepared.pipeline.decoding)
+        return PoseResult(prepared.image_wh, prepared.flip, persons, timings, decode=prepared.pipeline.decoding)
 
     def _decode(self, request: PoseRequest, header: Image.Image, reservation: PixelReservation, keep_image: bool,
                 detect: bool) -> _Decoded:
@@ -192,7 +195,7 @@ class PoseService:
                 return _Decoded(image, None, timings, detector_input, ratio)
             height, width = image.shape[:2]
             boxes = whole_image_box((width, height)) if request.boxes is None else request.boxes
-            prepared = self.codec.crops(image, boxes, request.flip)
+            prepared = self.codec.crops(image, boxes, request.flip, request.decode)
             timings[Stage.PREPROCESS] = time.perf_counter() - decoded
             return _Decoded(image, prepared, timings)
         finally:
@@ -214,7 +217,7 @@ class PoseService:
                 height, width = decoded.image.shape[:2]
                 boxes = detection.detector.boxes(batch.outputs[0], decoded.ratio, (width, height))
                 cropping = time.perf_counter()
-                prepared = self.codec.crops(decoded.image, boxes, request.flip)
+                prepared = self.codec.crops(decoded.image, boxes, request.flip, request.decode)
                 timings = {**decoded.timings_s, Stage.PREPROCESS: time.perf_counter() - cropping}
                 timings[Stage.DETECT] += waited + (cropping - began)
                 return _Decoded(decoded.image, prepared, timings)
@@ -278,7 +281,7 @@ class PoseService:
                 each.release()
             raise
         self._record(timings, len(persons))
-        return PoseResult(prepared.image_wh, prepared.flip, persons, timings)
+        return PoseResult(prepared.image_wh, prepared.flip, persons, timings, decode=prepared.pipeline.decoding)
 
     # -- a batch call ----------------------------------------------------------------------------------------
     async def estimate_many(self, requests: Sequence[PoseRequest | PoseError],

@@ -153,3 +153,30 @@ def test_cli_evaluate_reports_a_missing_file(tiny_onnx, tmp_path, capsys) -> Non
     assert main(["evaluate", "--model", str(tiny_onnx), "--annotations", str(tmp_path / "none.json"),
                  "--images", str(images)]) == 2
     assert "annotation file not found" in capsys.readouterr().err
+
+
+def test_cli_evaluate_decode_runs_the_chosen_pipeline(tmp_path, capsys) -> None:
+    """--decode on the trained test model (its card has no codec, so every pipeline is allowed): the stats and
+    keypoints come from the chosen pipeline, and the JSON says which ran."""
+    annotations, images = dataset_paths("coco-mini")
+    model = ROOT / "tests/models/tiny_coco_mini_128x96.onnx"
+    outcomes = {}
+    for decode in ("official", "msra", "dark", "udp"):
+        out, results = tmp_path / f"{decode}.json", tmp_path / f"{decode}.results.json"
+        assert main(["evaluate", "--model", str(model), "--annotations", str(annotations), "--images", str(images),
+                     "--decode", decode, "--no-progress", "--json-out", str(out), "--results-out", str(results)]) == 0
+        assert f"decode {decode}," in capsys.readouterr().out
+        body = json.loads(out.read_text())
+        assert body["decode"] == decode
+        outcomes[decode] = (body["stats"]["AP"], json.loads(results.read_text()))
+    print("\ncoco-mini GT boxes, flip: AP " + ", ".join(f"{d} {ap:.4f}" for d, (ap, _) in outcomes.items()))
+    keypoints = {d: flat_results(r) for d, (_, r) in outcomes.items()}
+    assert not np.array_equal(keypoints["official"], keypoints["dark"])
+    assert not np.array_equal(keypoints["official"], keypoints["udp"])
+
+
+def test_cli_evaluate_refuses_an_unknown_decode(tiny_onnx) -> None:
+    annotations, images = dataset_paths("coco-mini")
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--model", str(tiny_onnx), "--annotations", str(annotations), "--images", str(images),
+              "--decode", "simcc"])

@@ -18,6 +18,7 @@ from model_export.configs import get_config
 from model_export.export import export_onnx
 from model_export.hrnet import HRNet, build_hrnet
 from posecore import coco
+from posecore.codecs.spec import CodecSpec
 from posecore.modelcard import UNTRAINED_WARNING, ModelCard, card_path_for
 from tests.helpers import ROOT, require_shared
 
@@ -166,6 +167,17 @@ def test_cli_random_init_says_untrained(tmp_path) -> None:
     assert log_lines and all("UNTRAINED" in line for line in log_lines), result.stderr
     assert output.exists() and card_path_for(output).exists()
     assert ModelCard.read(card_path_for(output)).weights.seed == 3
+
+
+def test_cli_codec_goes_into_the_card_and_an_unknown_one_is_refused(tmp_path, capsys) -> None:
+    output = tmp_path / "udp.onnx"
+    assert main(["export", "--arch", "tiny", "--random-init", "--output", str(output),
+                 "--codec", '{"type": "UDPHeatmap", "blur_kernel_size": 11}']) == 0
+    assert ModelCard.read(card_path_for(output)).codec == CodecSpec(type="UDPHeatmap")
+    with pytest.raises(SystemExit) as exited:
+        main(["export", "--arch", "tiny", "--random-init", "--codec", '{"type": "SimCC"}'])
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert exited.value.code == 2 and "--codec: not a codec: type: Input should be 'MSRAHeatmap'" in error, error
 
 
 def test_cli_reports_a_bad_checkpoint_briefly(tmp_path, capsys) -> None:

@@ -38,6 +38,7 @@ from model_export.fetch.registry import (
     url_file_name,
 )
 from model_export.hrnet import HRNet, build_hrnet
+from posecore.codecs.spec import CodecSpec
 from posecore.modelcard import ModelCard, card_path_for
 from tests.helpers import REFERENCE
 
@@ -167,7 +168,7 @@ def url_request(url: str, digest: str) -> fetcher.WeightsRequest:
 
 def test_every_registry_prefix_matches_its_file_name() -> None:
     entries = [e for e in load_registry() if e.kind == "pose"]  # detectors: tests/test_detector_fetch.py
-    assert len(entries) == 8
+    assert len(entries) == 16
     for entry in entries:
         assert entry.url.startswith("https://download.openmmlab.com/mmpose/"), entry.name
         assert hash_prefix_in_name(entry.file_name) == entry.sha256_prefix, entry.name
@@ -430,12 +431,14 @@ def test_fetch_by_name_records_the_registry_facts(server: tuple[str, Served], tm
     base, served = server
     body = next(iter(served.files.values()))
     entry = RegistryEntry(name="tiny_coco_test", kind="pose", arch="tiny", url=url_of(base, served),
-                          sha256_prefix=sha256(body)[:8], ap=0.123, publisher="test zoo")
+                          sha256_prefix=sha256(body)[:8], ap=0.123, publisher="test zoo",
+                          codec={"type": "UDPHeatmap", "blur_kernel_size": 11})
     monkeypatch.setattr(fetcher, "find_entry", lambda name: entry)
     output = tmp_path / "tiny_coco_test.onnx"
     assert main(["fetch", "tiny_coco_test", "--cache-dir", str(tmp_path), "--output", str(output),
                  "--no-progress"]) == 0
     card = ModelCard.read(card_path_for(output))
     assert (card.trained, card.weights.registry_name, card.weights.ap) == (True, "tiny_coco_test", 0.123)
+    assert card.codec == CodecSpec(type="UDPHeatmap")  # served as its AP was measured
     assert card.weights.url == entry.url and card.weights.checkpoint_sha256 == sha256(body)
     assert "test zoo" in card.weights.source

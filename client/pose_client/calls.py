@@ -101,6 +101,7 @@ def rendered_image(response: httpx.Response) -> RenderedImage:
         trained=None if trained is None else trained.lower() == "true",
         timings_ms=server_timing(response.headers.get("server-timing", "")),
         request_id=response.headers.get("x-request-id"),
+        decode=response.headers.get("x-pose-decode"),
     )
 
 

@@ -14,7 +14,7 @@ from pose_client.client import PoseClient
 from pose_client.coco import keypoint_results, read_boxes_file
 from pose_client.errors import PoseClientError
 from pose_client.models import PoseResult
-from pose_client.options import BOX_FORMATS, PoseOptions
+from pose_client.options import BOX_FORMATS, DECODINGS, PoseOptions
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -30,6 +30,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="flip test (default: the service's setting)")
     parser.add_argument("--detect", action=argparse.BooleanOptionalAction, default=None,
                         help="without boxes: the service's person detector (default: on when it has one)")
+    parser.add_argument("--decode", choices=DECODINGS, default=None,
+                        help="test-time pipeline: official, msra, dark or udp (default: the model card's)")
     parser.add_argument("--api-key", default=os.environ.get("POSE_API_KEY"), help="default: $POSE_API_KEY")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     parser.add_argument("--timeout", type=float, default=60.0,
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with PoseClient(args.url, api_key=args.api_key, timeout=args.timeout, max_concurrency=args.concurrency,
                     max_retries=args.max_retries) as client:
-        options = PoseOptions(box_format=args.box_format, flip=args.flip, detect=args.detect)
+        options = PoseOptions(box_format=args.box_format, flip=args.flip, detect=args.detect, decode=args.decode)
         outcomes = client.pose_many(args.images, boxes, options, progress=not args.no_progress, return_exceptions=True)
     done = [(image, r) for image, r in zip(args.images, outcomes, strict=True) if isinstance(r, PoseResult)]
     failed = [(image, r) for image, r in zip(args.images, outcomes, strict=True) if isinstance(r, PoseClientError)]

@@ -83,6 +83,7 @@ class PoseResult:
     persons: list[Person]
     timings_ms: dict[str, float]
     request_id: str | None = None  # the X-Request-ID the service answered with
+    decode: str | None = None  # the test-time pipeline that ran (official, msra, dark, udp); None: an older service
 
     @classmethod
     def from_json(cls, data: Any, request_id: str | None = None) -> PoseResult:
@@ -98,6 +99,7 @@ class PoseResult:
             persons=[Person.from_json(p, f"persons[{i}]") for i, p in enumerate(persons)],
             timings_ms={k: number(v, f"timings_ms.{k}") for k, v in timings.items()},
             request_id=request_id,
+            decode=None if data.get("decode") is None else string(data["decode"], "decode"),
         )
 
 
@@ -110,3 +112,4 @@ class RenderedImage:
     trained: bool | None  # X-Model-Trained; None when the header is absent
     timings_ms: dict[str, float] = field(default_factory=dict)  # from Server-Timing
     request_id: str | None = None
+    decode: str | None = None  # X-Pose-Decode: the test-time pipeline that ran

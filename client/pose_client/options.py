@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 
 BOX_FORMATS = ("xywh", "xyxy")
+# The service's test-time pipelines: the official HRNet one, and mmpose 1.x's standard, DARK and UDP decodings.
+DECODINGS = ("official", "msra", "dark", "udp")
 
 
 @dataclass(frozen=True)
@@ -20,10 +22,13 @@ class PoseOptions:
     box_format: str = "xywh"  # the layout of the boxes given: x, y, w, h or x1, y1, x2, y2
     flip: bool | None = None  # flip test (2x compute, ~+1 AP)
     detect: bool | None = None  # without boxes: run the service's person detector (when it has one)
+    decode: str | None = None  # test-time pipeline: official, msra, dark or udp (None: the model card's)
 
     def __post_init__(self) -> None:
         if self.box_format not in BOX_FORMATS:
             raise ValueError(f"box_format must be one of {BOX_FORMATS}, not {self.box_format!r}")
+        if self.decode is not None and self.decode not in DECODINGS:
+            raise ValueError(f"decode must be one of {DECODINGS}, not {self.decode!r}")
 
     def replace(self, **changes: object) -> PoseOptions:
         """A copy with some options changed, e.g. `options.replace(flip=False)`."""

@@ -165,13 +165,15 @@ def export_fetched(request: WeightsRequest, fetched: FetchedCheckpoint, output: 
         return export_fetched_detector(request, fetched, output)
     try:
         card = export_onnx(request.arch, output, checkpoint=fetched.path,
-                           provenance=provenance(request, fetched))
+                           provenance=provenance(request, fetched),
+                           codec=request.entry.codec if request.entry else None)
     except (CheckpointError, ExportCheckFailed, ValueError, OSError) as error:
         print(f"export of {fetched.path} failed: {error}", file=sys.stderr)
         return 1
     check = card.export_check
     ap = f", publisher's COCO AP {request.ap:.3f}" if request.ap is not None else ""
-    print(f"exported {request.name} ({request.arch}{ap}; checkpoint from {fetched.how}: {fetched.path}, "
-          f"sha256 {fetched.sha256}) to {output} (card {output.with_suffix('.json')}); ORT vs torch max abs diff "
-          f"{check['max_abs_diff']:.3g}, relative {check['relative_diff']:.3g}")
+    decode = card.codec.decoding if card.codec else "official"
+    print(f"exported {request.name} ({request.arch}{ap}, served with the {decode} pipeline; checkpoint from "
+          f"{fetched.how}: {fetched.path}, sha256 {fetched.sha256}) to {output} (card {output.with_suffix('.json')}); "
+          f"ORT vs torch max abs diff {check['max_abs_diff']:.3g}, relative {check['relative_diff']:.3g}")
     return 0

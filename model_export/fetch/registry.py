@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from model_export.configs import ARCHS
 from model_export.yolox.configs import YOLOX_ARCHS
+from posecore.codecs.spec import CodecSpec
 
 REGISTRY_FORMAT = "hrnet-pose-weights-registry/1"
 KINDS = ("pose", "detector")
@@ -37,6 +38,9 @@ class RegistryEntry:
     sha256_prefix: str  # lower-case hex, at least 8 digits; the full sha256 when known
     ap: float | None  # the publisher's AP: pose, COCO val2017 keypoint AP; detector, box AP (see publisher)
     publisher: str
+    # pose: the keypoint codec of the config that trained it (posecore.codecs.spec), written into the exported
+    # card so that the model is served with the test-time pipeline its AP was measured with; None: official HRNet
+    codec: dict[str, Any] | None = None
 
     @property
     def file_name(self) -> str:
@@ -72,11 +76,18 @@ def _entry_from_json(item: dict[str, Any]) -> RegistryEntry:
     entry = RegistryEntry(name=str(item["name"]), kind=str(item["kind"]), arch=str(item["arch"]),
                           url=str(item["url"]), sha256_prefix=normalise_sha256(str(item["sha256_prefix"])),
                           ap=None if item.get("ap") is None else float(item["ap"]),
-                          publisher=str(item.get("publisher", "")))
+                          publisher=str(item.get("publisher", "")), codec=item.get("codec"))
     if entry.kind not in KINDS:
         raise ValueError(f"registry entry {entry.name}: kind {entry.kind!r} is not one of {KINDS}")
     if entry.kind == "pose" and entry.arch not in ARCHS:
         raise ValueError(f"registry entry {entry.name}: unknown arch {entry.arch!r}")
+    if entry.codec is not None:
+        if entry.kind != "pose":
+            raise ValueError(f"registry entry {entry.name}: only pose entries have a codec")
+        try:
+            CodecSpec.model_validate(entry.codec)
+        except ValueError as exc:
+            raise ValueError(f"registry entry {entry.name}: codec {entry.codec}: {str(exc).splitlines()[-1]}") from None
     if entry.kind == "detector" and entry.arch not in YOLOX_ARCHS:
         raise ValueError(f"registry entry {entry.name}: unknown detector arch {entry.arch!r}")
     published = hash_prefix_in_name(entry.file_name)

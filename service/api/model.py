@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from posecore.codecs.spec import allowed_decodings, card_decoding
 from posecore.contract import ErrorResponse
 from posecore.detection import PersonDetector
 from posecore.errors import PoseError
@@ -36,6 +37,8 @@ async def model_card(request: Request) -> ModelCardResponse:
         skeleton=[list(e) for e in card.skeleton],
         batch_sizes=list(getattr(backend, "batch_sizes", [])),
         card_found=state.model.card_found,
+        decode_default=card_decoding(card.codec),
+        decode_allowed=list(allowed_decodings(card.codec)),
         detector=detector_info(state.detection.detector) if state.detection is not None else None,
         card=card.model_dump(mode="json"),
     )

@@ -176,8 +176,9 @@ async def _infer(request: Request, state: ServiceState, model_name: str, default
     outcomes = await cancel_on_disconnect(request, poser.estimate_many(items))
     results = [_result_or_raise(outcome, i, len(outcomes)) for i, outcome in enumerate(outcomes)]
     outputs, binary = select_outputs(parsed, contract.pose_outputs(results, _num_keypoints(state)))
+    parameters = {"decode": results[0].decode} if results else None  # one call, one decode parameter
     content, json_length = encode_response(InferResponse(model_name, contract.MODEL_VERSION, outputs, parsed.id,
-                                                         binary))
+                                                         binary, parameters))
     if json_length is None:
         return Response(content, media_type="application/json")
     return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_length)})

@@ -60,7 +60,8 @@ async def render(request: Request, format: Literal["jpeg", "png"] = Query("jpeg"
         return encode_image(draw_poses(image, persons, skeleton), format)
 
     result, encoded = await cancel_on_disconnect(request, poser.render(item, draw))
-    headers = {"X-Model-Trained": str(poser.codec.card.trained).lower(), **timing_headers(timings_ms(result.timings_s))}
+    headers = {"X-Model-Trained": str(poser.codec.card.trained).lower(), "X-Pose-Decode": result.decode,
+               **timing_headers(timings_ms(result.timings_s))}
     return Response(encoded, media_type=f"image/{format}", headers=headers)
 
 

@@ -12,6 +12,8 @@
     boxes (the detect stage, then every person found), in the same rounds; and the detector's ONNX Runtime call
     alone, ms per photo at batch 1 and at batch N (its dynamic batch axis)
 (g) videos: 1 and N concurrent clients posting an H.264 clip to /v1/pose/video (frames/s, vs (b)'s crops/s)
+(h) the pose codec's crop and decode cost of each test-time pipeline the card allows (official, msra, dark, udp),
+    in this process on the multi-person photos (service/bench/decode_cost.py)
 Writes bench.json and bench.md to --out and prints the table.
 """
 
@@ -29,9 +31,12 @@ from pathlib import Path
 import onnxruntime
 
 from posecore.backend import OrtBackend
+from posecore.codec import PoseCodec
 from posecore.contract import Stage
 from posecore.modelcard import read_card
 from service.bench import baselines
+from service.bench.decode_cost import decode_costs
+from service.bench.decode_cost import markdown as decode_markdown
 from service.bench.detect_phase import BarePhotoPhase, describe, detector_env
 from service.bench.detector_model import detector_infer_ms, resolve_bench_detector
 from service.bench.http_load import http_load, peak_rss_bytes, running_service, stage_means_ms, stage_totals
@@ -161,7 +166,9 @@ def measure(args) -> dict:
             phases[f"{pair.key}_{kind}"].name = (f"(e) raw ORT batch {pair.batch}, "
                                                  f"{(pair.parent_card if kind == 'fp32' else pair.card).name}")
     result = {"phases": phases, "sweep": sweep, "stages_ms": stages, "peak_rss_bytes": rss, "card": card,
-              "int8_pairs": pair_table(pairs, phases)}
+              "int8_pairs": pair_table(pairs, phases),
+              "decode_costs": decode_costs(PoseCodec(card), backend.infer, multi, seconds=t / 2),
+              "persons_per_multi_request": sum(len(p.boxes) for p in multi) / len(multi)}
     if int8:
         phases["int8_ceiling"].name = f"(e) INT8 ceiling: raw ORT, best batch size ({int8[1]})"
         result |= {"int8_sweep": int8[2], "int8_card": int8[3]}
@@ -232,6 +239,7 @@ def markdown(result: dict, r: dict[str, float], v: dict[str, bool], env: dict) -
     for key, means in result["stages_ms"].items():
         cells = " | ".join(str(means.get(s, "")) for s in STAGE_ORDER)
         lines.append(f"| {result['phases'][key].name} | {cells} |")
+    lines += ["", decode_markdown(result["decode_costs"], result["persons_per_multi_request"]).rstrip()]
     lines += ["",
               f"Service peak RSS: {result['peak_rss_bytes'] / 2**30:.2f} GB", "",
               "| ratio | value |", "|---|---:|"]
@@ -264,6 +272,7 @@ def main(argv=None) -> int:
         "bare_photo_persons": result.get("bare_photo_persons"),
         "detector_infer_ms_per_photo": result.get("detector_infer_ms_per_photo"),
         "video_frames_per_s": result.get("video_frames_per_s"),
+        "decode_costs": result["decode_costs"],
     }, indent=2))
     print(table)
     return 0

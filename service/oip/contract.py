@@ -5,7 +5,8 @@ Inputs: `image` BYTES [B] (encoded JPEG, PNG, WebP or BMP files); optional `boxe
 an optional score; x1, y1, x2, y2 with the request parameter box_format=xyxy); where B > 1, `box_image_index`
 INT32 [N] says which image each box belongs to. With `boxes` given, an image that no box points at has nobody
 in it; without `boxes`, every image is as /v1/pose without boxes. Request parameters: the /v1 options
-(`box_format`, `flip`, `detect`), read by the same field table as /v1 (service/request.py).
+(`box_format`, `flip`, `detect`, `decode`), read by the same field table as /v1 (service/request.py); the
+response's parameters say which `decode` ran.
 Outputs, one row per person, images in order: `keypoints` FP32 [P, K, 3] (x, y, score in image pixels), `boxes`
 FP32 [P, 4] (x, y, w, h), `scores` FP32 [P], `image_index` INT32 [P].
 """
@@ -27,7 +28,7 @@ PLATFORM = "hrnet_pose"  # an image-in, keypoints-out pipeline around an ONNX Ru
 IMAGE, BOXES, BOX_IMAGE_INDEX = "image", "boxes", "box_image_index"
 BOX_TYPES = ("FP32", "FP64")  # FP32 is the contract; FP64 costs nothing to accept
 INDEX_TYPES = ("INT32", "INT64")
-CALL_FIELDS = {f.name: f for f in FIELDS if not f.per_item}  # box_format, flip, detect: request parameters
+CALL_FIELDS = {f.name: f for f in FIELDS if not f.per_item}  # box_format, flip, detect, decode: request parameters
 
 
 @dataclass(frozen=True)

@@ -107,4 +107,5 @@ class InferResponseBody(BaseModel):
     model_name: str
     model_version: str | None = None
     id: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="decode: the test-time pipeline that ran.")
     outputs: list[InferTensorOut]

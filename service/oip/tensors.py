@@ -79,6 +79,7 @@ class InferResponse:
     outputs: list[OutputTensor]
     id: str | None = None
     binary: dict[str, bool] = field(default_factory=dict)  # output name -> sent as binary data
+    parameters: dict[str, Any] | None = None  # e.g. {"decode": "dark"}: the test-time pipeline that ran
 
 
 def bad(message: str) -> PoseError:
@@ -316,6 +317,8 @@ def encode_response(response: InferResponse) -> tuple[bytes, int | None]:
     document: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
     if response.id is not None:
         document["id"] = response.id
+    if response.parameters:
+        document["parameters"] = response.parameters
     document["outputs"] = outputs_json
     head = json.dumps(document, allow_nan=False).encode()  # a NaN that slipped through is our fault, a 500
     if not blobs:
