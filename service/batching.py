@@ -4,8 +4,10 @@ Requests submit their crops (already normalised, float32 NCHW) from the event lo
 forms batches of up to `max_batch_size` crops and calls the backend, off the event loop. A request's crops
 may span batches. It knows nothing of HTTP and nothing of ONNX Runtime: `infer` is any callable.
 
-- Admission control: at most `max_queue_crops` crops admitted (queued + running); beyond that `submit`
-  raises PoseError('overloaded') with a Retry-After hint, so overload is a fast 429, not a growing queue.
+- Admission control: at most `max_queue_crops` crops committed (reserved by announcements, queued, running);
+  beyond that `announce` / `submit` raise PoseError('overloaded') with a Retry-After hint, so overload is a
+  fast 429, not a growing queue. A request reserves its crops when it announces itself, before it decodes
+  anything, and its submission turns that reservation into queued crops.
 - Waiting: a batch waits up to `max_wait_s` for more crops, but only while another request has announced
   that it is preparing crops. A lone request is dispatched at once, so batching costs a single client no
   latency, and under concurrency batches fill by themselves while the previous one runs.
@@ -64,18 +66,38 @@ class _Job:
 
 
 class Announcement:
-    """A request that is preparing crops: the worker may wait (up to max_wait) for its crops."""
+    """A request that is preparing crops, and the crops it reserved: the worker may wait (up to max_wait) for
+    them, and nobody else can take their place. A context manager; `release` is idempotent and thread-safe."""
 
-    def __init__(self, batcher: MicroBatcher) -> None:
+    def __init__(self, batcher: MicroBatcher, crops: int) -> None:
         self._batcher = batcher
         self._open = True
+        self.crops = crops
 
-    def release(self) -> None:
-        with self._batcher._cond:  # an RLock: submit() releases while holding it
-            if self._open:
-                self._open = False
-                self._batcher._announced -= 1
+    def __enter__(self) -> Announcement:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def shrink(self, crops: int) -> None:
+        """Keep only `crops` of the reservation (a detector found fewer people than it could have)."""
+        with self._batcher._cond:
+            if self._open and crops < self.crops:
+                self._batcher._reserved -= self.crops - crops
+                self.crops = crops
                 self._batcher._cond.notify()
+
+    def release(self) -> int:
+        """Returns the crops it still held (0 when released before)."""
+        with self._batcher._cond:  # an RLock: submit() releases while holding it
+            if not self._open:
+                return 0
+            self._open = False
+            self._batcher._announced -= 1
+            self._batcher._reserved -= self.crops
+            self._batcher._cond.notify()
+            return self.crops
 
 
 class MicroBatcher:
@@ -100,6 +122,7 @@ class MicroBatcher:
         self._queued_crops = 0
         self._inflight_crops = 0
         self._announced = 0
+        self._reserved = 0  # crops announced but not yet submitted
         self._closed = False
         self._thread: threading.Thread | None = None
 
@@ -124,15 +147,22 @@ class MicroBatcher:
     def queued_crops(self) -> int:
         return self._queued_crops
 
+    @property
+    def reserved_crops(self) -> int:
+        """Crops announced by requests still preparing them (decoding, detecting, cropping)."""
+        return self._reserved
+
     # -- the event-loop side -----------------------------------------------------------------------
     def announce(self, expected_crops: int = 0) -> Announcement:
-        """A request starts preparing crops. With `expected_crops`, an overloaded batcher refuses it now,
-        before it spends CPU on decoding an image whose crops would be refused anyway."""
+        """A request starts preparing crops and reserves `expected_crops` (at most what it will submit): an
+        overloaded batcher refuses it now, before it spends CPU on decoding an image whose crops would be
+        refused anyway, and once admitted its crops cannot be refused by others' later."""
         with self._cond:
             if expected_crops:
                 self._admit(expected_crops)
             self._announced += 1
-        return Announcement(self)
+            self._reserved += expected_crops
+        return Announcement(self, expected_crops)
 
     async def submit(self, crops: np.ndarray, deadline: float, announcement: Announcement | None = None) -> BatchResult:
         """Queue `crops` (N,3,H,W); return their heatmaps once every crop has been computed.
@@ -143,9 +173,11 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         job = _Job(crops=crops, deadline=deadline, loop=loop, future=loop.create_future())
         with self._cond:
-            if announcement is not None:
-                announcement.release()
-            self._admit(job.size)
+            covered = 0 if announcement is None else announcement.release()
+            if job.size > covered:  # beyond its reservation: admitted like a new request
+                self._admit(job.size)
+            elif self._closed:
+                raise PoseError("shutting_down", "the service is shutting down", retry_after_s=self.retry_after_s)
             self._queue.append(job)
             self._queued_crops += job.size
             self._inflight_crops += job.size
@@ -165,10 +197,11 @@ class MicroBatcher:
         if self._closed:
             raise PoseError("shutting_down", "the service is shutting down", retry_after_s=self.retry_after_s)
         # An idle batcher admits any job, so a request larger than the queue limit is still served.
-        if self._inflight_crops and self._inflight_crops + size > self.max_queue_crops:
+        committed = self._inflight_crops + self._reserved
+        if committed and committed + size > self.max_queue_crops:
             raise PoseError(
                 "overloaded",
-                f"too many crops in flight ({self._inflight_crops} of {self.max_queue_crops}); retry later",
+                f"too many crops in flight or reserved ({committed} + {size} of {self.max_queue_crops}); retry later",
                 retry_after_s=self.retry_after_s,
             )
 
