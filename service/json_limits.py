@@ -16,9 +16,11 @@ import re
 from posecore.errors import PoseError
 
 MAX_JSON_DEPTH = 32  # a v2 request nests 11 deep at most (a rank-8 tensor's data); /v1 batches 4
+WINDOW = 256 * 1024  # bytes searched by one call into the regex engine: it holds the GIL meanwhile
 
-# a whole string (escapes included), an unterminated string's opening quote, or a structural character
-_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|"|[\[\]{},]')
+MAX_BACKSLASH_RUN = 65536  # escaped backslashes in a row: no valid request has them, each is rescanned
+
+_STRUCTURE = re.compile(rb'["\[\]{},]')
 _QUOTE = ord('"')
 _OPEN, _CLOSE = frozenset(b"[{"), frozenset(b"]}")
 
@@ -30,26 +32,55 @@ def json_value_limit(max_items: int, max_boxes: int) -> int:
 
 
 def check_json_shape(body: bytes, max_values: int, what: str = "the body") -> None:
-    """Raise PoseError('json_too_complex', 413) when `body` holds more than `max_values` values or nests deeper
-    than MAX_JSON_DEPTH, and 'invalid_json' for an unterminated string. CPU-bound: call it off the event loop."""
-    openers = body.count(b"[") + body.count(b"{")
-    if openers <= MAX_JSON_DEPTH and openers + body.count(b",") <= max_values:
-        return  # the cheap upper bounds hold already (counted in strings too)
+    """Raise PoseError('json_too_complex', 413) when `body` holds more than `max_values` values (an escaped
+    quote counts as one too) or nests deeper than MAX_JSON_DEPTH, and 'invalid_json' for an unterminated
+    string. CPU-bound: call it off the event loop; no single call into C scans more than WINDOW bytes, except
+    memchr over a string, so the event loop's thread gets the GIL in between."""
     values = depth = 0
-    for token in _TOKENS.finditer(body):
-        char = body[token.start()]
-        if char == _QUOTE:
-            if token.end() - token.start() == 1:
-                raise PoseError("invalid_json", f"{what} is not valid JSON (a string is not terminated)")
-            continue
-        if char in _CLOSE:
-            depth -= 1
-            continue
-        values += 1
+    pos, size = 0, len(body)
+
+    def count(more: int) -> None:
+        nonlocal values
+        values += more
         if values > max_values:
             raise PoseError("json_too_complex", f"{what} holds over {max_values} JSON values; no valid request "
                             "needs as many")
-        if char in _OPEN:
-            depth += 1
-            if depth > MAX_JSON_DEPTH:
-                raise PoseError("json_too_complex", f"{what} nests JSON deeper than {MAX_JSON_DEPTH} levels")
+
+    while pos < size:
+        found = _STRUCTURE.search(body, pos, min(size, pos + WINDOW))
+        if found is None:
+            pos += WINDOW
+            continue
+        char, pos = body[found.start()], found.end()
+        if char == _QUOTE:
+            while True:  # to the closing quote: the first one not escaped by an odd run of backslashes
+                end = body.find(b'"', pos)
+                if end < 0:
+                    raise PoseError("invalid_json", f"{what} is not valid JSON (a string is not terminated)")
+                pos = end + 1
+                if _backslashes_before(body, end, what) % 2 == 0:
+                    break
+                count(1)
+        elif char in _CLOSE:
+            depth -= 1
+        else:
+            count(1)
+            if char in _OPEN:
+                depth += 1
+                if depth > MAX_JSON_DEPTH:
+                    raise PoseError("json_too_complex", f"{what} nests JSON deeper than {MAX_JSON_DEPTH} levels")
+
+
+def _backslashes_before(body: bytes, end: int, what: str) -> int:
+    """The length of the run of backslashes just before `end` (looked at in doubling slices, in C)."""
+    run, width = 0, 16
+    while True:
+        start = max(0, end - run - width)
+        chunk = body[start:end - run]
+        kept = len(chunk.rstrip(b"\\"))
+        run += len(chunk) - kept
+        if run > MAX_BACKSLASH_RUN:
+            raise PoseError("json_too_complex", f"{what} has a run of over {MAX_BACKSLASH_RUN} backslashes")
+        if kept or start == 0:
+            return run
+        width *= 2

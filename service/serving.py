@@ -35,6 +35,7 @@ from posecore.imaging import decode_opened, oriented_size, read_header
 from service.admission import PixelBudget, PixelReservation
 from service.batching import Announcement, MicroBatcher
 from service.calls import ItemNamer, run_call
+from service.memory import release_after
 from service.metrics import Metrics
 from service.request import PoseRequest
 
@@ -160,6 +161,7 @@ class PoseService:
         views = 2 if request.flip else 1
         timings: dict[str, float] = {}
         with contextlib.ExitStack() as held:
+            held.callback(release_after, 3 * opened.pixels)  # last: a large image's freed pages go back
             # reserved before any decoding: refused now (429) when the crops, the detector's image or the
             # pixels would be refused later
             crops = held.enter_context(self.batcher.announce(crops_at_most(request, detection)))

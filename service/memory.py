@@ -1,0 +1,60 @@
+"""Giving freed memory back to the system after a large request.
+
+After a 64 MB body, a 40 MP image or a refused JSON bomb, Python frees its objects but glibc keeps the pages:
+each thread that allocated gets its own malloc arena (up to 8 per core), an arena only shrinks from its top,
+and buffers over 128 KB stop being mmapped once the dynamic threshold has grown (to 32 MB). The process then
+idles hundreds of MB above its baseline, a little more after each burst until every arena is as large as its
+largest burst: not a leak (it is reused), but memory a Kubernetes limit counts. Two bounds, both measured in
+the README's Robustness section:
+
+- MALLOC_ARENA_MAX=2 in the images and manifests (read by glibc at start-up; set in the environment, not here).
+- `release_after(size)`: after a request that handled at least TRIM_AFTER_BYTES, `malloc_trim(0)` in a
+  background thread (one at a time) returns every arena's free pages. It costs milliseconds on a large heap,
+  off the event loop (ctypes releases the GIL around the call).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import threading
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TRIM_AFTER_BYTES = 8 * 2**20  # a request body, or a decoded image's RGB array, of at least this much
+
+
+def _malloc_trim() -> Any:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        trim = ctypes.CDLL(name).malloc_trim  # glibc only: musl and macOS have none
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+_TRIM = _malloc_trim()
+_trimming = threading.Lock()
+
+
+def release_after(size_bytes: int) -> bool:
+    """Trim the allocator in the background when `size_bytes` was large. True when a trim was started."""
+    if _TRIM is None or size_bytes < TRIM_AFTER_BYTES or not _trimming.acquire(blocking=False):
+        return False
+    threading.Thread(target=_trim, name="malloc-trim", daemon=True).start()
+    return True
+
+
+def _trim() -> None:
+    try:
+        assert _TRIM is not None
+        _TRIM(0)
+    except Exception:  # never let housekeeping fail a request
+        log.exception("malloc_trim failed")
+    finally:
+        _trimming.release()
