@@ -7,7 +7,8 @@ idles hundreds of MB above its baseline, a little more after each burst until ev
 largest burst: not a leak (it is reused), but memory a Kubernetes limit counts. Two bounds, both measured in
 the README's Robustness section:
 
-- MALLOC_ARENA_MAX=2 in the images and manifests (read by glibc at start-up; set in the environment, not here).
+- At most MALLOC_ARENA_MAX=2 arenas: set in the images' environment (glibc reads it at start-up), and by
+  `limit_arenas` for `python -m service` started without it (mallopt, before the serving threads exist).
 - `release_after(size)`: after a request that handled at least TRIM_AFTER_BYTES, `malloc_trim(0)` in a
   background thread (one at a time) returns every arena's free pages. It costs milliseconds on a large heap,
   off the event loop (ctypes releases the GIL around the call).
@@ -39,6 +40,20 @@ def _malloc_trim() -> Any:
 
 
 _TRIM = _malloc_trim()
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+ARENAS = 2
+
+
+def limit_arenas(environ: dict[str, str]) -> bool:
+    """mallopt(M_ARENA_MAX, 2) unless MALLOC_ARENA_MAX is set (the operator's choice wins). True when set."""
+    if "MALLOC_ARENA_MAX" in environ:
+        return False
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        mallopt = None
+    return bool(mallopt is not None and mallopt(M_ARENA_MAX, ARENAS) == 1)
 _trimming = threading.Lock()
 
 
