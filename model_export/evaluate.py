@@ -32,10 +32,12 @@ from typing import Any
 
 import numpy as np
 
+from model_export.data.validation import InputDataError, check_evaluation_files, image_path, readable_image
 from posecore import coco
 from posecore.backend import OrtBackend
 from posecore.boxes import parse_boxes
 from posecore.codec import PersonPose, PoseCodec
+from posecore.contract import DEFAULT_MAX_BOXES
 from posecore.detection import PersonDetector
 from posecore.geometry import boxes_to_centers_scales
 from posecore.heatmaps import oks_nms
@@ -49,7 +51,6 @@ STAT_NAMES: tuple[str, ...] = ("AP", "AP .5", "AP .75", "AP (M)", "AP (L)", "AR"
 OKS_NMS_THRESHOLD = 0.9  # official TEST.OKS_THRE
 DETECTION_SCORE_THRESHOLD = 0.0  # official TEST.IMAGE_THRE: detections with a lower score are dropped
 PERSON_CATEGORY_ID = 1
-SERVICE_MAX_BOXES = 100  # the service's default POSE_MAX_BOXES: boxes per request when evaluating over HTTP
 # In-process limits: evaluation data is trusted, so only absurd files are refused.
 LOCAL_MAX_IMAGE_BYTES = LOCAL_MAX_IMAGE_PIXELS = 1 << 31
 
@@ -82,8 +83,9 @@ class EvaluationResult:
 # ---- person boxes -------------------------------------------------------------------------------------------
 
 def load_images(coco_gt, image_dir: str | os.PathLike) -> list[ImageEntry]:
-    return [ImageEntry(int(image["id"]), Path(image_dir) / image["file_name"], int(image["width"]),
-                       int(image["height"]))
+    """The annotated images; a file name that would leave `image_dir` raises InputDataError."""
+    return [ImageEntry(int(image["id"]), image_path(Path(image_dir), image["file_name"], f"image {image['id']}"),
+                       int(image["width"]), int(image["height"]))
             for image in coco_gt.loadImgs(coco_gt.getImgIds())]
 
 
@@ -120,7 +122,9 @@ def detection_person_boxes(detections_file: str | os.PathLike,
 
 def detected_person_boxes(detector: PersonDetector, image: ImageEntry) -> np.ndarray:
     """(N, 5) x, y, w, h, score: the persons `detector` finds in the image (its threshold, NMS, clip and cap)."""
-    return detector.detect(decode_image(image.path.read_bytes(), LOCAL_MAX_IMAGE_BYTES, LOCAL_MAX_IMAGE_PIXELS))
+    with readable_image(image.path):
+        decoded = decode_image(image.path.read_bytes(), LOCAL_MAX_IMAGE_BYTES, LOCAL_MAX_IMAGE_PIXELS)
+    return detector.detect(decoded)
 
 
 def usable_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, int]:
@@ -168,35 +172,29 @@ class LocalRunner:
 
 
 class ServiceRunner:
-    """A running service over HTTP: POST /v1/pose (multipart: image, boxes, flip) per image."""
+    """A running service, through pose_client: POST /v1/pose per image, its boxes in requests of at most
+    `max_boxes` (the service's POSE_MAX_BOXES). Overload answers are retried as the client retries them."""
 
     def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 120.0,
-                 max_boxes: int = SERVICE_MAX_BOXES) -> None:
-        import httpx
+                 max_boxes: int = DEFAULT_MAX_BOXES) -> None:
+        from pose_client import PoseClient  # installed beside the project (make install), httpx only
 
-        headers = {"X-API-Key": api_key} if api_key else {}
-        self.client = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s)
+        self.client = PoseClient(url, api_key=api_key, timeout=timeout_s, max_concurrency=1)
         self.max_boxes = max_boxes
-        response = self.client.get("/v1/model")
-        response.raise_for_status()
-        self.card = ModelCard.model_validate(response.json()["card"])
+        self.card = ModelCard.model_validate(self.client.model()["card"])
         self.last_image_wh: tuple[int, int] = (0, 0)
 
     def __call__(self, data: bytes, boxes: np.ndarray, flip: bool) -> list[PersonPose]:
+        from pose_client import PoseOptions
+
+        options = PoseOptions(flip=flip)
         persons = []
         for start in range(0, len(boxes), self.max_boxes):
-            chunk = boxes[start:start + self.max_boxes]
-            response = self.client.post(
-                "/v1/pose", files={"image": ("image", data, "application/octet-stream")},
-                data={"boxes": json.dumps(chunk.tolist()), "flip": str(flip).lower(), "box_format": "xywh"})
-            if response.status_code != 200:
-                raise RuntimeError(f"service answered {response.status_code}: {response.text[:300]}")
-            body = response.json()
-            self.last_image_wh = (body["image"]["width"], body["image"]["height"])
-            for person in body["persons"]:
-                keypoints = np.asarray(person["coco_keypoints"], dtype=np.float64).reshape(-1, 3)
-                persons.append(PersonPose(np.asarray(person["box"], dtype=np.float64), float(person["box_score"]),
-                                          float(person["score"]), keypoints))
+            result = self.client.pose(data, boxes[start:start + self.max_boxes].tolist(), options)
+            self.last_image_wh = (result.image.width, result.image.height)
+            persons += [PersonPose(np.asarray(person.box, dtype=np.float64), person.box_score, person.score,
+                                   np.asarray(person.coco_keypoints, dtype=np.float64).reshape(-1, 3))
+                        for person in result.persons]
         return persons
 
     def close(self) -> None:
@@ -311,7 +309,8 @@ def evaluate(
         if len(boxes) == 0:
             continue
         num_boxes += len(boxes)
-        persons = runner(image.path.read_bytes(), boxes, flip)
+        with readable_image(image.path):  # a file that is missing or does not decode: one line naming it
+            persons = runner(image.path.read_bytes(), boxes, flip)
         if tuple(getattr(runner, "last_image_wh", (image.width, image.height))) != (image.width, image.height):
             mismatches.append(image.image_id)  # e.g. an EXIF orientation the service applied
         predictions.extend(to_prediction(image.image_id, person, aspect_ratio) for person in persons)
@@ -404,9 +403,9 @@ def add_evaluate_parser(subparsers: Any) -> None:
                         help="ONNX Runtime intra-op threads for --model (default 0: all cores)")
     parser.add_argument("--api-key", default=os.environ.get("POSE_API_KEY"), metavar="KEY",
                         help="API key for --url (header X-API-Key; default env POSE_API_KEY)")
-    parser.add_argument("--max-boxes", type=int, default=SERVICE_MAX_BOXES, metavar="N",
+    parser.add_argument("--max-boxes", type=int, default=DEFAULT_MAX_BOXES, metavar="N",
                         help=f"boxes per request with --url (the service's POSE_MAX_BOXES, default "
-                             f"{SERVICE_MAX_BOXES})")
+                             f"{DEFAULT_MAX_BOXES})")
     parser.add_argument("--json-out", type=Path, default=None, metavar="FILE", help="write the stats as JSON")
     parser.add_argument("--results-out", type=Path, default=None, metavar="FILE",
                         help="write the COCO keypoint results (after NMS) as JSON")
@@ -423,6 +422,11 @@ def run_evaluate_command(args: Any) -> int:
         if path is not None and not path.exists():
             print(f"evaluate: {what} not found: {path}", file=sys.stderr)
             return 2
+    try:
+        check_evaluation_files(args.annotations, args.images, args.detections)
+    except InputDataError as error:
+        print(f"evaluate: {error}", file=sys.stderr)
+        return 2
     runner: ServiceRunner | LocalRunner | None = None
     try:
         detector = None if args.detector is None else PersonDetector(
@@ -434,12 +438,15 @@ def run_evaluate_command(args: Any) -> int:
             runner = LocalRunner.from_onnx(args.model, args.provider, args.batch_size, args.threads)
         result = evaluate(args.annotations, args.images, runner, runner.card, args.detections, args.flip,
                           args.det_threshold, args.oks_threshold, progress=not args.no_progress, detector=detector)
+    except InputDataError as error:  # an image that does not decode
+        print(f"evaluate: {error}", file=sys.stderr)
+        return 2
     except (ModelLoadError, OSError, ValueError, RuntimeError) as error:
         print(f"evaluate failed: {error}", file=sys.stderr)
         return 1
-    except Exception as error:  # httpx errors: the service is not there or answered nonsense
-        if type(error).__module__.startswith("httpx"):
-            print(f"evaluate failed: cannot talk to the service at {args.url}: {error}", file=sys.stderr)
+    except Exception as error:  # pose_client's errors: the service is not there, or refused
+        if type(error).__module__.startswith("pose_client"):
+            print(f"evaluate failed: the service at {args.url}: {error}", file=sys.stderr)
             return 1
         raise
     finally:

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from posecore.contract import BOX_FORMATS
 from posecore.errors import PoseError
 from posecore.geometry import xyxy_to_xywh
 
-BOX_FORMATS = ("xywh", "xyxy")
 # Detector scores are probabilities or logits; a larger one is a mistake and would overflow the rescored
 # person score (box score x mean keypoint score) to infinity.
 MAX_BOX_SCORE = 1e6

@@ -44,7 +44,10 @@ ERROR_STATUS: dict[str, int] = {
     "internal_error": 500,
 }
 
-RETRY_AFTER_CODES = {"overloaded", "not_ready", "shutting_down", "deadline_exceeded"}
+# code -> the Retry-After (seconds) its refusals carry unless they say otherwise: short for load shedding and a
+# drain (another replica answers), longer while the model loads.
+RETRY_AFTER_S: dict[str, float] = {"overloaded": 1, "not_ready": 5, "shutting_down": 1, "deadline_exceeded": 1}
+RETRY_AFTER_CODES = frozenset(RETRY_AFTER_S)
 
 
 class PoseError(Exception):
@@ -56,7 +59,7 @@ class PoseError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-        self.retry_after_s = retry_after_s
+        self.retry_after_s = RETRY_AFTER_S.get(code) if retry_after_s is None else retry_after_s
 
     @property
     def status(self) -> int:
@@ -72,8 +75,13 @@ def error_body(error: PoseError, request_id: str) -> tuple[int, list[tuple[bytes
     body = json.dumps({"error": error.to_dict(), "request_id": request_id}).encode()
     headers = [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode())]
     if error.code in RETRY_AFTER_CODES:
-        headers.append((b"retry-after", str(max(1, round(error.retry_after_s or 1))).encode()))
+        headers.append((b"retry-after", retry_after_header(error.retry_after_s or RETRY_AFTER_S[error.code]).encode()))
     return ERROR_STATUS[error.code], headers, body
+
+
+def retry_after_header(seconds: float) -> str:
+    """Retry-After's value: whole seconds, at least 1."""
+    return str(max(1, round(seconds)))
 
 
 class ModelLoadError(RuntimeError):

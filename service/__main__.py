@@ -90,7 +90,7 @@ def http_protocol(settings: Settings, metrics: Metrics) -> type[LimitedHttpTools
 
     def count(status: int, code: str) -> None:
         metrics.requests.labels(endpoint="unmatched", status=str(status)).inc()
-        metrics.errors.labels(code=code).inc()
+        metrics.count_error(code)
 
     limits = HttpLimits(settings.max_header_bytes, settings.header_timeout_s, settings.body_timeout_s,
                         settings.body_min_bytes_per_s)

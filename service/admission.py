@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from posecore.errors import PoseError
+from posecore.errors import RETRY_AFTER_S, PoseError
 
 
 class PixelReservation:
@@ -55,7 +55,7 @@ class PixelReservation:
 
 
 class PixelBudget:
-    def __init__(self, max_pixels: int, retry_after_s: float = 1.0) -> None:
+    def __init__(self, max_pixels: int, retry_after_s: float = RETRY_AFTER_S["overloaded"]) -> None:
         self.max_pixels = max_pixels
         self.retry_after_s = retry_after_s
         self._held = 0

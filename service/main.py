@@ -24,7 +24,7 @@ from service.api import register_routes
 from service.batching import MicroBatcher
 from service.metrics import Metrics
 from service.middleware import AccessControlMiddleware, RequestContextMiddleware
-from service.oip.errors import error_answer
+from service.refusals import refusal_answer
 from service.serving import DetectorStage, Limits, PoseService
 from service.settings import Settings
 from service.state import LoadedModel, ServiceState
@@ -111,7 +111,8 @@ async def start_serving(state: ServiceState, loaded: LoadedModel, detector: Pers
     await asyncio.to_thread(backend.warmup)
     state.batcher = MicroBatcher(
         infer=backend.infer, max_batch_size=min(settings.max_batch_size, backend.max_batch_size),
-        max_wait_s=settings.max_wait_ms / 1000, max_queue_crops=settings.max_queue_crops, metrics=metrics,
+        max_wait_s=settings.max_wait_ms / 1000, max_queue_items=settings.max_queue_crops, metrics=metrics,
+        name="pose-batcher", unit="crops",
     )
     state.batcher.start()
     detection = None
@@ -120,7 +121,7 @@ async def start_serving(state: ServiceState, loaded: LoadedModel, detector: Pers
         # its own queue of whole images; batched where its batch axis allows (the official export: 1 image)
         detection = DetectorStage(detector, MicroBatcher(
             infer=detector.infer, max_batch_size=detector.max_batch_size, max_wait_s=settings.max_wait_ms / 1000,
-            max_queue_crops=settings.max_queue_crops))
+            max_queue_items=settings.max_queue_crops, name="detector-batcher", unit="images"))
         detection.batcher.start()
         state.detection = detection
         log.info("person detector %s (%s, input %s, score threshold %.2f) on %s", detector.model_path.name,
@@ -162,9 +163,8 @@ def read_api_keys(settings: Settings) -> list[str]:
 
 def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     def respond(request: Request, error: PoseError) -> Response:
-        metrics.errors.labels(code=error.code).inc()
         request_id = getattr(request.state, "request_id", "-")
-        status, headers, body = error_answer(request.url.path, error, request_id)  # /v2: the protocol's form
+        status, headers, body = refusal_answer(metrics, request.url.path, error, request_id)
         return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
 
     @app.exception_handler(PoseError)

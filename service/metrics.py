@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from posecore.contract import Stage
 
 # Fine buckets for 1-100 ms work, with a tail for slow CPUs, queueing and large batches.
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075,
     0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0,
 )
-STAGES = ("decode", "detect", "preprocess", "queue", "inference", "postprocess")
 
 
 class Metrics:
@@ -48,6 +51,17 @@ class Metrics:
             "pose_model_info", "The served model (value is always 1).",
             ["model", "arch", "trained", "provider"], registry=r,
         )
+
+    def count_error(self, code: str) -> None:
+        """A refusal or failure, by its stable code: answered by the app, by the HTTP protocol before it, or
+        unanswered because the client left (client_disconnected); for a batch call, each failed item too."""
+        self.errors.labels(code=code).inc()
+
+    def observe_request(self, timings_s: Mapping[Stage, float], persons: int) -> None:
+        """One answered image: each stage's latency, and how many persons it held."""
+        for stage, seconds in timings_s.items():
+            self.stage_latency.labels(stage=stage).observe(seconds)
+        self.persons_per_image.observe(persons)
 
     def set_model(self, model: str, arch: str, trained: bool, provider: str) -> None:
         self.model_info.clear()

@@ -24,7 +24,7 @@ from service.http_limits import TRANSPORT_REFUSAL
 from service.logs import request_id_var
 from service.memory import release_after
 from service.metrics import Metrics
-from service.oip.errors import error_answer
+from service.refusals import refusal_answer
 
 log = logging.getLogger("service.access")
 
@@ -118,7 +118,7 @@ class RequestContextMiddleware:
         elif exchange.client_left:
             status, code = ERROR_STATUS["client_disconnected"], "client_disconnected"
         if code is not None:
-            self.metrics.errors.labels(code=code).inc()
+            self.metrics.count_error(code)
         self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
         self.metrics.request_latency.labels(endpoint=endpoint).observe(elapsed)
         if scope["path"] not in PROBE_PATHS or code is not None:
@@ -148,8 +148,8 @@ class AccessControlMiddleware:
         refusal = self._refusal(scope, dict(scope["headers"]))
         if refusal is None:
             return await self.app(scope, receive, send)
-        status, headers, body = error_answer(scope["path"], refusal, scope.get("state", {}).get("request_id", "-"))
-        self.metrics.errors.labels(code=refusal.code).inc()
+        request_id = scope.get("state", {}).get("request_id", "-")
+        status, headers, body = refusal_answer(self.metrics, scope["path"], refusal, request_id)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

@@ -3,7 +3,8 @@
 The request fields are one table (`FIELDS`): each knows its JSON schema and how to read itself from text (a
 query parameter or a form field) and from JSON (the batch body, or a tensor protocol's parameters). The
 OpenAPI request bodies are derived from the same table, and `build_request` resolves defaults (the flip test's
-from the settings) once. Adding a field means: a row in FIELDS, and its use in `build_request` / `PoseRequest`.
+from the settings) once. Adding a field means: the option in the contract (posecore/contract.py `PoseOptions`,
+its description), a row in FIELDS, and its use in `build_request` / `PoseRequest`.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ import numpy as np
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
-from posecore.boxes import BOX_FORMATS, parse_boxes
+from posecore.boxes import parse_boxes
+from posecore.contract import BOX_FORMATS, BOXES_DESCRIPTION, PoseOptions
 from posecore.errors import PoseError
 from service.json_limits import check_json_shape, json_value_limit
 
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "application/octet-stream")
-BOXES_DOC = "JSON list of person boxes, e.g. [[10, 20, 100, 200], [50, 60, 80, 160, 0.9]] (5th value: box score)"
 
 
 @dataclass(frozen=True)
@@ -99,15 +100,17 @@ _BOOL = {"type": "boolean"}
 _FORMAT = {"type": "string", "enum": list(BOX_FORMATS)}
 _BOX_LIST = {"type": "array", "items": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 5}}
 
+def _described(name: str) -> str:
+    """An option's description, from the contract (posecore/contract.py)."""
+    return PoseOptions.model_fields[name].description or ""
+
+
 FIELDS: tuple[RequestField, ...] = (
-    RequestField("boxes", {"anyOf": [_BOX_LIST, {"type": "null"}]}, {"type": "string"},
-                 BOXES_DOC + ". Omitted: the detector finds the people, or without one the whole image is one "
-                 "person; []: nobody.", _json_text, _boxes_from_json, per_item=True),
-    RequestField("box_format", _FORMAT, _FORMAT, "Box layout: xywh or xyxy.", _box_format, _box_format),
-    RequestField("flip", _BOOL, _BOOL, "Flip test (2x compute, ~+1 AP); default from POSE_FLIP_TEST.",
-                 _bool_from_text, _bool_from_json),
-    RequestField("detect", _BOOL, _BOOL, "Without boxes: run the person detector (default true); false: the "
-                 "whole image is one person.", _bool_from_text, _bool_from_json),
+    RequestField("boxes", {"anyOf": [_BOX_LIST, {"type": "null"}]}, {"type": "string"}, BOXES_DESCRIPTION,
+                 _json_text, _boxes_from_json, per_item=True),
+    RequestField("box_format", _FORMAT, _FORMAT, _described("box_format"), _box_format, _box_format),
+    RequestField("flip", _BOOL, _BOOL, _described("flip"), _bool_from_text, _bool_from_json),
+    RequestField("detect", _BOOL, _BOOL, _described("detect"), _bool_from_text, _bool_from_json),
 )
 
 

@@ -1,69 +1,11 @@
-"""The API contract: request and response models. OpenAPI (/docs, /openapi.json) is generated from these."""
+"""The answers of the service's own routes (model card, health). OpenAPI (/docs, /openapi.json) is generated from
+these and from the /v1 contract types (posecore/contract.py)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import BaseModel, Field
-
-
-class ErrorBody(BaseModel):
-    code: str = Field(description="Stable machine-readable error code, e.g. 'corrupt_image'.")
-    message: str = Field(description="What went wrong, for humans.")
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
-    request_id: str | None = None
-
-
-class ImageInfo(BaseModel):
-    width: int
-    height: int
-
-
-class ModelInfo(BaseModel):
-    name: str
-    arch: str
-    trained: bool = Field(description="False for a random-init export: its keypoints are meaningless.")
-    provider: str = Field(description="The ONNX Runtime execution provider really in use.")
-    warning: str | None = None
-
-
-class Keypoint(BaseModel):
-    name: str
-    x: float = Field(description="Image pixels.")
-    y: float = Field(description="Image pixels.")
-    score: float = Field(description="Heatmap maximum.")
-
-
-class Person(BaseModel):
-    box: list[float] = Field(description="[x, y, w, h] in image pixels.", min_length=4, max_length=4)
-    box_score: float
-    score: float = Field(description="Official rescoring: box score x mean of the keypoint scores above 0.2.")
-    keypoints: list[Keypoint]
-    coco_keypoints: list[float] = Field(description="COCO results layout: [x1, y1, s1, x2, y2, s2, ...].")
-
-
-class PoseResponse(BaseModel):
-    image: ImageInfo
-    model: ModelInfo
-    flip: bool
-    persons: list[Person]
-    timings_ms: dict[str, float] = Field(description="Per-stage latency: decode, preprocess, queue, inference, "
-                                         "postprocess.")
-
-
-class BatchItemResult(BaseModel):
-    index: int
-    ok: bool
-    result: PoseResponse | None = None
-    error: ErrorBody | None = None
-
-
-class BatchResponse(BaseModel):
-    model: ModelInfo
-    results: list[BatchItemResult]
 
 
 class DetectorInfo(BaseModel):

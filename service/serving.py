@@ -29,6 +29,7 @@ from PIL import Image
 
 from posecore.boxes import fit_to_image, whole_image_box
 from posecore.codec import PersonPose, PoseCodec
+from posecore.contract import Stage
 from posecore.detection import PersonDetector
 from posecore.errors import PoseError
 from posecore.imaging import decode_opened, oriented_size, read_header
@@ -54,7 +55,7 @@ class PoseResult:
     image_wh: tuple[int, int]
     flip: bool
     persons: list[PersonPose]
-    timings_s: dict[str, float]
+    timings_s: dict[Stage, float]
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ class PoseService:
         request = opened.request
         detection = self.detection if request.boxes is None and request.detect else None
         views = 2 if request.flip else 1
-        timings: dict[str, float] = {}
+        timings: dict[Stage, float] = {}
         with contextlib.ExitStack() as held:
             held.callback(release_after, 3 * opened.pixels)  # last: a large image's freed pages go back
             # reserved before any decoding: refused now (429) when the crops, the detector's image or the
@@ -168,7 +169,7 @@ class PoseService:
             finding = held.enter_context(detection.batcher.announce(1)) if detection is not None else None
             image_held = held.enter_context(contextlib.ExitStack())  # the decoded image's lifetime
             pixels = image_held.enter_context(self.pixels.reserve(opened.pixels))
-            image = await self._in_worker(deadline, _timed(timings, "decode", decode_opened), opened.header,
+            image = await self._in_worker(deadline, _timed(timings, Stage.DECODE, decode_opened), opened.header,
                                           holding=pixels)
             height, width = image.shape[:2]
             if request.boxes is not None:
@@ -178,21 +179,21 @@ class PoseService:
                 crops.shrink(len(boxes) * views)
             else:
                 boxes = whole_image_box((width, height))
-            prepared = await self._in_worker(deadline, _timed(timings, "preprocess", self.codec.crops), image,
+            prepared = await self._in_worker(deadline, _timed(timings, Stage.PREPROCESS, self.codec.crops), image,
                                              boxes, request.flip, holding=pixels)
             if draw is None:  # the full image is not needed any more: its pixels go back now
                 del image
                 image_held.close()
             if len(prepared.inputs):
                 batch = await self.batcher.submit(prepared.inputs, deadline, crops)
-                maps = batch.heatmaps
-                timings |= {"queue": batch.queue_s, "inference": batch.inference_s}
+                maps = batch.outputs
+                timings |= {Stage.QUEUE: batch.queue_s, Stage.INFERENCE: batch.inference_s}
             else:  # an explicit empty box list, or nobody detected: nobody to look at
                 crops.release()
                 maps = np.zeros((0,), np.float32)
-                timings |= {"queue": 0.0, "inference": 0.0}
+                timings |= {Stage.QUEUE: 0.0, Stage.INFERENCE: 0.0}
             # off the event loop too: with many boxes and the flip test, decoding takes tens of milliseconds
-            persons = await self._in_worker(deadline, _timed(timings, "postprocess", self.codec.persons),
+            persons = await self._in_worker(deadline, _timed(timings, Stage.POSTPROCESS, self.codec.persons),
                                             prepared, maps)
             encoded = None
             if draw is not None:
@@ -201,14 +202,14 @@ class PoseService:
         return PoseResult(prepared.image_wh, prepared.flip, persons, timings), encoded
 
     async def _find_people(self, detection: DetectorStage, image: np.ndarray, pixels: PixelReservation,
-                           finding: Announcement, deadline: float, timings: dict[str, float]) -> np.ndarray:
+                           finding: Announcement, deadline: float, timings: dict[Stage, float]) -> np.ndarray:
         """The detection step: the image letterboxed, the detector's batcher, its rows decoded to person boxes."""
         started = time.perf_counter()
         letterboxed, ratio = await self._in_worker(deadline, detection.detector.prepare, image, holding=pixels)
         batch = await detection.batcher.submit(letterboxed[None], deadline, finding)
         height, width = image.shape[:2]
-        boxes = await self._in_worker(deadline, detection.detector.boxes, batch.heatmaps[0], ratio, (width, height))
-        timings["detect"] = time.perf_counter() - started
+        boxes = await self._in_worker(deadline, detection.detector.boxes, batch.outputs[0], ratio, (width, height))
+        timings[Stage.DETECT] = time.perf_counter() - started
         return boxes
 
     async def _in_worker(self, deadline: float, fn: Callable[..., T], *args: Any,
@@ -232,10 +233,8 @@ class PoseService:
             raise PoseError("deadline_exceeded", "the request's deadline passed while its image was being worked on",
                             retry_after_s=self.batcher.retry_after_s) from None
 
-    def _record(self, timings_s: dict[str, float], persons: int) -> None:
-        for stage, seconds in timings_s.items():
-            self.metrics.stage_latency.labels(stage=stage).observe(seconds)
-        self.metrics.persons_per_image.observe(persons)
+    def _record(self, timings_s: dict[Stage, float], persons: int) -> None:
+        self.metrics.observe_request(timings_s, persons)
 
     # -- a batch call ----------------------------------------------------------------------------------------
     async def estimate_many(self, requests: Sequence[PoseRequest | PoseError], *, name_error: ItemNamer | None = None,
@@ -276,7 +275,7 @@ def crops_at_most(request: PoseRequest, detection: DetectorStage | None) -> int:
     return views
 
 
-def _timed(timings: dict[str, float], stage: str, fn: Callable[..., T]) -> Callable[..., T]:
+def _timed(timings: dict[Stage, float], stage: Stage, fn: Callable[..., T]) -> Callable[..., T]:
     """`fn`, recording its own running time (in its worker thread, not its wait for one) as `stage`."""
     def run(*args: Any) -> T:
         started = time.perf_counter()

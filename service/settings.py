@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from posecore.contract import DEFAULT_MAX_BOXES
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="POSE_", protected_namespaces=())
@@ -40,13 +42,14 @@ class Settings(BaseSettings):
     flip_test: bool = Field(False, description="Default for the flip query parameter (2x compute, ~+1 AP).")
     max_batch_size: int = Field(8, ge=1, description="Most crops in one inference batch.")
     max_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits for more crops.")
-    max_queue_crops: int = Field(64, ge=1, description="Admitted crops (queued + running) before 429.")
+    max_queue_crops: int = Field(64, ge=1, description="Committed crops (reserved, queued, running) "
+                                 "before 429.")
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline for one request's crops.")
 
     # limits
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest accepted image file.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest accepted width x height.")
-    max_boxes: int = Field(100, ge=1, description="Most person boxes per image.")
+    max_boxes: int = Field(DEFAULT_MAX_BOXES, ge=1, description="Most person boxes per image.")
     max_inflight_pixels: int = Field(
         120_000_000, ge=1, description="Decoded image pixels held at once across all requests (each costs about 6 "
         "bytes while decoding); beyond it new requests get 429. An idle service admits any one image."

@@ -84,9 +84,9 @@ async def drained(batcher: MicroBatcher) -> None:
 def make_batcher():
     created = []
 
-    def make(infer, *, max_batch_size=8, max_wait_s=0.0, max_queue_crops=64, metrics=None):
+    def make(infer, *, max_batch_size=8, max_wait_s=0.0, max_queue_items=64, metrics=None):
         batcher = MicroBatcher(infer=infer, max_batch_size=max_batch_size, max_wait_s=max_wait_s,
-                               max_queue_crops=max_queue_crops, metrics=metrics)
+                               max_queue_items=max_queue_items, metrics=metrics)
         batcher.start()
         created.append(batcher)
         return batcher
@@ -109,8 +109,8 @@ def test_concurrent_requests_are_pooled_and_each_gets_its_own_results(make_batch
 
     results = run(main())
     for i, result in enumerate(results):
-        assert result.heatmaps.shape == (1, 1, 2, 2)
-        assert np.all(result.heatmaps == 2 * i)
+        assert result.outputs.shape == (1, 1, 2, 2)
+        assert np.all(result.outputs == 2 * i)
     assert max(backend.sizes) > 1, backend.sizes  # pooled across requests
     assert sum(backend.sizes) == 16 and max(backend.sizes) <= 8
 
@@ -168,17 +168,17 @@ def test_a_large_request_is_split_across_batches_in_order(make_batcher):
     values = [float(v) for v in range(20)]
     result = run(batcher.submit(crops(*values), far_deadline()))
     assert backend.sizes == [8, 8, 4]
-    assert np.array_equal(result.heatmaps[:, 0, 0, 0], 2 * np.asarray(values, np.float32))
+    assert np.array_equal(result.outputs[:, 0, 0, 0], 2 * np.asarray(values, np.float32))
 
 
 def test_overload_is_refused_with_retry_after(make_batcher):
     backend = FakeBackend(gate_open=False)  # inference blocked: crops pile up
-    batcher = make_batcher(backend.infer, max_batch_size=2, max_wait_s=0.0, max_queue_crops=4)
+    batcher = make_batcher(backend.infer, max_batch_size=2, max_wait_s=0.0, max_queue_items=4)
 
     async def main():
         accepted = [asyncio.create_task(batcher.submit(crops(1.0, 2.0), far_deadline())) for _ in range(2)]
         await enqueued()
-        assert batcher.inflight_crops == 4
+        assert batcher.inflight_items == 4
         with pytest.raises(PoseError) as refused:
             await batcher.submit(crops(3.0), far_deadline())
         backend.gate.set()
@@ -187,13 +187,13 @@ def test_overload_is_refused_with_retry_after(make_batcher):
 
     error = run(main())
     assert error.code == "overloaded" and error.status == 429 and error.retry_after_s >= 1
-    assert batcher.inflight_crops == 0
+    assert batcher.inflight_items == 0
 
 
 def test_an_idle_batcher_admits_a_request_larger_than_the_queue(make_batcher):
-    batcher = make_batcher(FakeBackend().infer, max_batch_size=2, max_queue_crops=2)
+    batcher = make_batcher(FakeBackend().infer, max_batch_size=2, max_queue_items=2)
     result = run(batcher.submit(crops(1, 2, 3, 4, 5), far_deadline()))
-    assert len(result.heatmaps) == 5
+    assert len(result.outputs) == 5
 
 
 def test_expired_work_is_dropped_before_compute(make_batcher):
@@ -205,7 +205,7 @@ def test_expired_work_is_dropped_before_compute(make_batcher):
         late = asyncio.create_task(batcher.submit(crops(7.0), time.monotonic() + 0.1))
         with pytest.raises(PoseError) as error:
             await late  # its deadline passes while it is queued behind the stuck batch
-        assert batcher.queued_crops == 1, "the expired crop is still queued, not computed"
+        assert batcher.queued_items == 1, "the expired crop is still queued, not computed"
         backend.gate.set()
         await blocker
         await drained(batcher)
@@ -214,7 +214,7 @@ def test_expired_work_is_dropped_before_compute(make_batcher):
     error = run(main())
     assert error.code == "deadline_exceeded" and error.status == 504
     assert backend.computed == {1.0}  # 7.0 was dropped uncomputed
-    assert batcher.inflight_crops == 0
+    assert batcher.inflight_items == 0
 
 
 def test_cancelled_requests_are_not_computed(make_batcher):
@@ -225,7 +225,7 @@ def test_cancelled_requests_are_not_computed(make_batcher):
         blocker = await stuck_worker(batcher, backend, 1.0)
         gone = asyncio.create_task(batcher.submit(crops(9.0), far_deadline()))
         await enqueued()
-        assert batcher.queued_crops == 1
+        assert batcher.queued_items == 1
         gone.cancel()  # the client disconnected
         with pytest.raises(asyncio.CancelledError):
             await gone
@@ -235,7 +235,7 @@ def test_cancelled_requests_are_not_computed(make_batcher):
 
     run(main())
     assert backend.computed == {1.0}  # 9.0 was dropped uncomputed
-    assert batcher.inflight_crops == 0
+    assert batcher.inflight_items == 0
 
 
 def test_one_bad_item_fails_only_its_own_request(make_batcher):
@@ -249,15 +249,15 @@ def test_one_bad_item_fails_only_its_own_request(make_batcher):
         bad = asyncio.create_task(batcher.submit(crops(float("nan")), far_deadline()))
         good2 = asyncio.create_task(batcher.submit(crops(2.0, 3.0), far_deadline()))
         await enqueued()
-        assert batcher.queued_crops == 4
+        assert batcher.queued_items == 4
         backend.gate.set()
         return await asyncio.gather(first, good1, bad, good2, return_exceptions=True)
 
     first, good1, bad, good2 = run(main())
-    assert np.all(first.heatmaps == 0.0)
+    assert np.all(first.outputs == 0.0)
     assert isinstance(bad, PoseError) and bad.code == "inference_failed"
-    assert np.all(good1.heatmaps == 2.0)
-    assert np.array_equal(good2.heatmaps[:, 0, 0, 0], [4.0, 6.0])
+    assert np.all(good1.outputs == 2.0)
+    assert np.array_equal(good2.outputs[:, 0, 0, 0], [4.0, 6.0])
     assert backend.attempts == [1, 4, 1, 1, 2]  # the three shared one batch, which failed and was retried per job
 
 
@@ -268,7 +268,7 @@ def test_close_finishes_admitted_work_then_refuses(make_batcher):
     async def main():
         tasks = [asyncio.create_task(batcher.submit(crops(float(i)), far_deadline())) for i in range(6)]
         await enqueued()
-        assert batcher.inflight_crops == 6  # all admitted before close
+        assert batcher.inflight_items == 6  # all admitted before close
         await drained(batcher)
         results = await asyncio.gather(*tasks)
         with pytest.raises(PoseError) as refused:
@@ -304,7 +304,7 @@ def test_a_backend_answer_of_the_wrong_size_fails_its_requests_and_the_worker_li
 
     error, later = run(main())
     assert error.code == "inference_failed"
-    assert np.all(later.heatmaps == 6.0) and batcher.inflight_crops == 0
+    assert np.all(later.outputs == 6.0) and batcher.inflight_items == 0
 
 
 class Instrument:
@@ -341,24 +341,50 @@ def test_the_worker_survives_its_own_bookkeeping_failing(make_batcher):
         return error.value, await batcher.submit(crops(2.0), far_deadline())
 
     error, later = run(main())
-    assert error.code == "inference_failed" and np.all(later.heatmaps == 4.0)
-    assert batcher.inflight_crops == 0
+    assert error.code == "inference_failed" and np.all(later.outputs == 4.0)
+    assert batcher.inflight_items == 0
     assert metrics.batch_size.values == [1] and metrics.crops.values == [1]  # the second batch was recorded
     assert metrics.inflight_crops.values[-1] == 0 and metrics.queue_depth.values[-1] == 0
 
 
 def test_an_overloaded_batcher_refuses_at_announcement_before_any_preparation(make_batcher):
     backend = FakeBackend(gate_open=False)
-    batcher = make_batcher(backend.infer, max_batch_size=2, max_wait_s=0.0, max_queue_crops=2)
+    batcher = make_batcher(backend.infer, max_batch_size=2, max_wait_s=0.0, max_queue_items=2)
 
     async def main():
         accepted = asyncio.create_task(batcher.submit(crops(1.0, 2.0), far_deadline()))
         await enqueued()
         with pytest.raises(PoseError) as refused:
-            batcher.announce(expected_crops=1)
+            batcher.announce(expected_items=1)
         backend.gate.set()
         await accepted
-        batcher.announce(expected_crops=1).release()  # idle again: admitted
+        batcher.announce(expected_items=1).release()  # idle again: admitted
         return refused.value
 
     assert run(main()).code == "overloaded"
+
+
+def test_each_batcher_names_its_thread_and_its_items() -> None:
+    """The detector's batcher is the same class: its thread and its refusals say what it carries."""
+    backend = FakeBackend(gate_open=False)
+    batcher = MicroBatcher(infer=backend.infer, max_batch_size=1, max_wait_s=0.0, max_queue_items=1,
+                           name="detector-batcher", unit="images")
+    batcher.start()
+    try:
+        assert "detector-batcher" in {thread.name for thread in threading.enumerate()}
+
+        async def main() -> PoseError:
+            held = await stuck_worker(batcher, backend, 1.0)
+            try:
+                await batcher.submit(crops(2.0), far_deadline())
+            except PoseError as error:
+                return error
+            finally:
+                backend.gate.set()
+                await held
+            raise AssertionError("a second image beyond max_queue_items was admitted")
+
+        refused = run(main())
+        assert refused.code == "overloaded" and "too many images in flight" in refused.message
+    finally:
+        batcher.close(timeout_s=5)

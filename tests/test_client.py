@@ -23,6 +23,7 @@ from pose_client import (
     OverloadedError,
     PoseClient,
     PoseConnectionError,
+    PoseOptions,
     PoseResult,
     RetryPolicy,
     UnauthorizedError,
@@ -92,9 +93,9 @@ def test_no_boxes_is_the_whole_image_and_empty_boxes_is_nobody(server: LiveServe
     with PoseClient(server.base_url) as client:
         whole = client.pose(image)
         nobody = client.pose(image, boxes=[])
-        xyxy = client.pose(image, boxes=[[10, 20, 110, 220]], box_format="xyxy")
+        xyxy = client.pose(image, boxes=[[10, 20, 110, 220]], options=PoseOptions(box_format="xyxy"))
         xywh = client.pose(image, boxes=[[10, 20, 100, 200]])
-        flipped = client.pose(image, boxes=[[10, 20, 100, 200]], flip=True)
+        flipped = client.pose(image, boxes=[[10, 20, 100, 200]], options=PoseOptions(flip=True))
     assert [p.box for p in whole.persons] == [(0.0, 0.0, 160.0, 240.0)]
     assert nobody.persons == []
     assert xyxy.persons == xywh.persons
@@ -138,7 +139,7 @@ def test_errors_carry_code_status_and_request_id(server: LiveServer) -> None:
         with pytest.raises(InvalidRequestError) as bad_box:
             client.pose(jpeg_bytes(), boxes=[[10, 10, -5, 20]])
         with pytest.raises(ValueError, match="box_format"):
-            client.pose(jpeg_bytes(), box_format="cxcywh")
+            client.pose(jpeg_bytes(), options=PoseOptions(box_format="cxcywh"))
         outcomes = client.pose_many([jpeg_bytes(), b"", jpeg_bytes()], return_exceptions=True)
     assert (corrupt.value.status, corrupt.value.code, corrupt.value.attempts) == (400, "corrupt_image", 1)
     assert re.fullmatch(r"[0-9a-f]{32}", corrupt.value.request_id or "")
@@ -163,13 +164,14 @@ def test_concurrent_pose_many_against_a_shedding_server_all_finish(shedding_serv
     before = overloaded_count(url)
     outcomes: dict[str, list[PoseResult]] = {}
     retry = RetryPolicy(max_retries=15, budget_s=120)
+    timeout = 300  # each call's total: longer than the waiting budget, so the budget is what gives up first
 
     def sync_caller(name: str) -> None:
-        with PoseClient(url, api_key=API_KEY, max_concurrency=4, retry=retry) as client:
+        with PoseClient(url, api_key=API_KEY, max_concurrency=4, retry=retry, timeout=timeout) as client:
             outcomes[name] = client.pose_many(images)
 
     async def async_callers() -> None:
-        async with AsyncPoseClient(url, api_key=API_KEY, max_concurrency=4, retry=retry) as client:
+        async with AsyncPoseClient(url, api_key=API_KEY, max_concurrency=4, retry=retry, timeout=timeout) as client:
             results = await asyncio.gather(client.pose_many(images), client.pose_many(images))
         outcomes["async-1"], outcomes["async-2"] = results
 
@@ -291,8 +293,12 @@ def test_fields_are_sent_only_when_given() -> None:
 
     with PoseClient("http://fake", transport=httpx.MockTransport(record)) as client:
         client.pose(b"jpeg")
-        client.pose(b"jpeg", boxes=[], flip=True, detect=False, box_format="xyxy")
-    plain, full = sent
+        client.pose(b"jpeg", boxes=[], options=PoseOptions(box_format="xyxy", flip=True, detect=False))
+    with PoseClient("http://fake", options=PoseOptions(flip=False), transport=httpx.MockTransport(record)) as client:
+        client.pose(b"jpeg")  # the client's own options
+        client.pose(b"jpeg", options=client.options.replace(flip=True))  # a call's options replace them whole
+    plain, full, client_default, replaced = sent
+    assert b'name="flip"\r\n\r\nfalse\r\n' in client_default and b'name="flip"\r\n\r\ntrue\r\n' in replaced
     assert b'name="boxes"' not in plain and b'name="flip"' not in plain and b'name="detect"' not in plain
     for field, value in ((b"boxes", b"[]"), (b"flip", b"true"), (b"detect", b"false"), (b"box_format", b"xyxy")):
         assert re.search(rb'name="' + field + rb'"\r\n\r\n' + re.escape(value) + rb"\r\n", full), field

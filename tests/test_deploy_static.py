@@ -116,12 +116,13 @@ def test_dockerfile_policy(flavour: str) -> None:
         if name != "export":
             assert not any("torch==" in line or "export]" in line for line in instructions), name
     build = next(instr for _, name, instr in all_stages if name == "build")
-    extra = "serve-gpu" if flavour == "gpu" else "serve]"
-    assert any(extra in line for line in build), build
+    lock = "serve-gpu.txt" if flavour == "gpu" else "serve.txt"  # the serve extra's lock (tests/test_lock.py)
+    assert any(f"--require-hashes --only-binary=:all: -r /build/{lock}" in line for line in build), build
     if flavour == "gpu":
         # onnxruntime-gpu 1.31 links libcudart.so.13 / libcublas.so.13 and cuDNN 9: the base must match
         assert re.fullmatch(r"nvidia/cuda:13\.\d+\.\d+-cudnn-runtime-ubuntu\d+\.\d+", base), base
-        assert re.search(r"ARG ORT_GPU_VERSION=1\.3\d\.\d+", "\n".join(build)), build
+        pinned = (ROOT / "docker" / "requirements" / lock).read_text()
+        assert re.search(r"^onnxruntime-gpu==1\.3\d\.\d+ ", pinned, re.MULTILINE), "onnxruntime-gpu pin"
     else:
         assert base.startswith("python:3.11-slim"), base
 

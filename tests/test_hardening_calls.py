@@ -57,10 +57,10 @@ def settled(client: TestClient) -> None:
     """Every reservation of the calls before was returned, in one place, whatever happened to them."""
     poser = client.app.state.service.poser
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (poser.pixels.held or poser.batcher.reserved_crops
-                                           or poser.batcher.inflight_crops):
+    while time.monotonic() < deadline and (poser.pixels.held or poser.batcher.reserved_items
+                                           or poser.batcher.inflight_items):
         time.sleep(0.02)  # a worker the deadline gave up on returns its pixels when it finishes
-    assert (poser.pixels.held, poser.batcher.reserved_crops, poser.batcher.inflight_crops) == (0, 0, 0)
+    assert (poser.pixels.held, poser.batcher.reserved_items, poser.batcher.inflight_items) == (0, 0, 0)
 
 
 # ---- 1. huge JSON from a small request --------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def test_a_call_has_one_deadline_for_all_its_items(door):
 
 # ---- 4. admission reserves before decoding -----------------------------------------------------------------------
 def test_an_announcement_reserves_its_crops():
-    batcher = MicroBatcher(infer=lambda batch: batch, max_queue_crops=64)
+    batcher = MicroBatcher(infer=lambda batch: batch, max_batch_size=8, max_wait_s=0.0, max_queue_items=64)
     first = batcher.announce(60)  # decoding its image: its 60 crops are already spoken for
     with pytest.raises(PoseError) as refused:
         batcher.announce(10)
@@ -210,7 +210,7 @@ def test_an_announcement_reserves_its_crops():
     first.shrink(50)  # a detector found fewer people than it might have
     batcher.announce(10).release()
     first.release()
-    assert batcher.reserved_crops == 0
+    assert batcher.reserved_items == 0
 
 
 def test_a_second_request_is_refused_while_the_first_decodes_before_it_decodes_anything(monkeypatch):
@@ -251,7 +251,8 @@ def test_a_second_request_is_refused_while_the_first_decodes_before_it_decodes_a
 
 def test_a_detector_request_reserves_its_most_crops():
     """A bare photo with a 100-box detector announced 1 crop and could yield 200 (with flip)."""
-    detection = DetectorStage(SimpleNamespace(max_boxes=100), MicroBatcher(infer=lambda b: b))  # type: ignore[arg-type]
+    detection = DetectorStage(SimpleNamespace(max_boxes=100), MicroBatcher(infer=lambda b: b, max_batch_size=1,
+                                                                      max_wait_s=0.0, max_queue_items=64))  # type: ignore[arg-type]
     assert crops_at_most(PoseRequest(b"", None, flip=True), detection) == 200
     assert crops_at_most(PoseRequest(b"", None, flip=False), detection) == 100
     assert crops_at_most(PoseRequest(b"", np.zeros((3, 5)), flip=True), detection) == 6

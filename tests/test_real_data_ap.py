@@ -134,7 +134,7 @@ def service_pipeline_results(folder: Path, images: dict, persons: list[dict]) ->
         return np.stack([queued.popleft() for _ in range(len(batch))])
 
     card = ModelCard.official_defaults("ideal-heatmaps", (256, 192), (HEATMAP_WH[1], HEATMAP_WH[0]))
-    batcher = MicroBatcher(infer=fake_infer, max_batch_size=4, max_wait_s=0.0)
+    batcher = MicroBatcher(infer=fake_infer, max_batch_size=4, max_wait_s=0.0, max_queue_items=64)
     batcher.start()
     poser = PoseService(codec=PoseCodec(card), batcher=batcher, metrics=Metrics(),
                         limits=Limits(50_000_000, 50_000_000), pixels=PixelBudget(50_000_000),

@@ -1,6 +1,7 @@
-"""Module boundaries: no import cycle among the modules of service/ and model_export/, counting the imports inside
-functions (a late import that dodges a cycle is still a cycle), and the pure layers stay free of web and thread
-machinery."""
+"""Module boundaries: no import cycle among the modules of posecore/, service/ and model_export/, counting the
+imports inside functions (a late import that dodges a cycle is still a cycle); none among the top-level packages
+either, service/ and model_export/ never import each other (both import posecore/, which imports neither) and
+the client imports none of them; the pure layers stay free of web and thread machinery."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("posecore", "service", "model_export")
+CLIENT = ROOT / "client" / "pose_client"
 
 
 def module_name(path: Path) -> str:
@@ -95,3 +97,31 @@ def test_pure_layers_import_no_web_or_thread_machinery():
         imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert not imported & {"fastapi", "starlette", "threading", "asyncio", "concurrent"}, pure
         assert "service.batching" not in imports_of(modules[pure], modules), pure
+
+
+def package_graph() -> dict[str, set[str]]:
+    """Top-level package -> the project packages its modules import (any depth, functions included)."""
+    graph: dict[str, set[str]] = {package: set() for package in PACKAGES}
+    for module, imported in import_graph().items():
+        top = module.partition(".")[0]
+        graph[top] |= {name.partition(".")[0] for name in imported} - {top}
+    return graph
+
+
+def test_the_top_level_packages_form_no_cycle_and_serving_and_training_stay_apart():
+    graph = package_graph()
+    cycle = find_cycle(graph)
+    assert cycle is None, " -> ".join(cycle or [])
+    assert "model_export" not in graph["service"], "service imports model_export: the serving image needs no torch"
+    assert "service" not in graph["model_export"], "model_export imports service"
+    assert graph["posecore"] == set(), "posecore imports " + ", ".join(sorted(graph["posecore"]))
+
+
+def test_the_client_imports_nothing_of_the_service():
+    for path in CLIENT.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and not node.level}
+        assert not imported & {*PACKAGES, "numpy", "pydantic", "fastapi"}, path

@@ -1,9 +1,10 @@
 """Typed Python client for the HRNet pose service (README "Calling it from other services").
 
-    from pose_client import PoseClient
+    from pose_client import PoseClient, PoseOptions
 
-    with PoseClient("http://127.0.0.1:8000") as client:
+    with PoseClient("http://127.0.0.1:8000", options=PoseOptions(flip=True)) as client:
         result = client.pose("photo.jpg", boxes=[[10, 20, 100, 200]])
+        no_flip = client.pose("photo.jpg", options=PoseOptions(flip=False))
         nose = result.persons[0].keypoints[0]
 """
 
@@ -12,6 +13,7 @@ from pose_client.client import PoseClient
 from pose_client.errors import (
     DeadlineExceededError,
     InvalidRequestError,
+    InvalidResponseError,
     OverloadedError,
     PoseAPIError,
     PoseClientError,
@@ -22,6 +24,7 @@ from pose_client.errors import (
     UnavailableError,
 )
 from pose_client.models import ImageSize, Keypoint, ModelInfo, Person, PoseResult, RenderedImage
+from pose_client.options import PoseOptions
 from pose_client.retry import RetryPolicy
 
 __all__ = [
@@ -29,6 +32,7 @@ __all__ = [
     "DeadlineExceededError",
     "ImageSize",
     "InvalidRequestError",
+    "InvalidResponseError",
     "Keypoint",
     "ModelInfo",
     "OverloadedError",
@@ -37,6 +41,7 @@ __all__ = [
     "PoseClient",
     "PoseClientError",
     "PoseConnectionError",
+    "PoseOptions",
     "PoseResult",
     "PoseTimeoutError",
     "RenderedImage",

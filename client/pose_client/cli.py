@@ -13,6 +13,7 @@ from pose_client.client import PoseClient
 from pose_client.coco import keypoint_results, read_boxes_file
 from pose_client.errors import PoseClientError
 from pose_client.models import PoseResult
+from pose_client.options import BOX_FORMATS, PoseOptions
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -23,14 +24,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="COCO keypoint results JSON to write")
     parser.add_argument("--boxes", type=Path, help="COCO detection results JSON, or {file name: [[x, y, w, h(, "
                         "score)], ...]}; without it each whole image is one person")
-    parser.add_argument("--box-format", choices=("xywh", "xyxy"), default="xywh")
+    parser.add_argument("--box-format", choices=BOX_FORMATS, default="xywh")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="flip test (default: the service's setting)")
     parser.add_argument("--detect", action=argparse.BooleanOptionalAction, default=None,
                         help="without boxes: the service's person detector (default: on when it has one)")
     parser.add_argument("--api-key", default=os.environ.get("POSE_API_KEY"), help="default: $POSE_API_KEY")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per attempt (default 60)")
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds per image, from its request to its answer's last byte, retries included "
+                             "(default 60)")
     parser.add_argument("--max-retries", type=int, default=8, help="per image, on 429/503/connection errors")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
@@ -49,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with PoseClient(args.url, api_key=args.api_key, timeout=args.timeout, max_concurrency=args.concurrency,
                     max_retries=args.max_retries) as client:
-        outcomes = client.pose_many(args.images, boxes, flip=args.flip, box_format=args.box_format,
-                                    detect=args.detect, progress=not args.no_progress, return_exceptions=True)
+        options = PoseOptions(box_format=args.box_format, flip=args.flip, detect=args.detect)
+        outcomes = client.pose_many(args.images, boxes, options, progress=not args.no_progress, return_exceptions=True)
     done = [(image, r) for image, r in zip(args.images, outcomes, strict=True) if isinstance(r, PoseResult)]
     failed = [(image, r) for image, r in zip(args.images, outcomes, strict=True) if isinstance(r, PoseClientError)]
     for image, error in failed:

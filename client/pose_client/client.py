@@ -18,14 +18,17 @@ from pose_client.calls import (
     auth_headers,
     delay_after_error,
     delay_after_response,
+    model_card,
     pose_call,
     pose_result,
     render_call,
     rendered_image,
 )
+from pose_client.deadline import CallDeadline, rebuilt
 from pose_client.errors import PoseClientError
 from pose_client.inputs import Box, ImageInput, boxes_per_image, read_image
 from pose_client.models import PoseResult, RenderedImage
+from pose_client.options import PoseOptions
 from pose_client.progress import make_progress
 from pose_client.retry import RetryPolicy, RetryState
 
@@ -33,12 +36,17 @@ from pose_client.retry import RetryPolicy, RetryState
 class PoseClient:
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT_S,
                  max_concurrency: int = DEFAULT_CONCURRENCY, max_retries: int = 8,
-                 retry: RetryPolicy | None = None, transport: httpx.BaseTransport | None = None) -> None:
+                 retry: RetryPolicy | None = None, options: PoseOptions | None = None,
+                 transport: httpx.BaseTransport | None = None) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        if not timeout > 0:
+            raise ValueError("timeout must be positive")
+        self.timeout = timeout  # each call's total, from its start to the last byte of its answer, retries included
         self.base_url = base_url.rstrip("/")
         self.max_concurrency = max_concurrency
         self.retry = retry or RetryPolicy(max_retries=max_retries)
+        self.options = options or PoseOptions()  # for every call that brings none
         self._gate = threading.BoundedSemaphore(max_concurrency)
         self._http = httpx.Client(
             base_url=self.base_url, headers=auth_headers(api_key), timeout=timeout, transport=transport,
@@ -55,37 +63,33 @@ class PoseClient:
         self._http.close()
 
     # -- calls ----------------------------------------------------------------------------------
-    def pose(self, image: ImageInput, boxes: Sequence[Box] | None = None, flip: bool | None = None,
-             box_format: str = "xywh", detect: bool | None = None) -> PoseResult:
+    def pose(self, image: ImageInput, boxes: Sequence[Box] | None = None,
+             options: PoseOptions | None = None) -> PoseResult:
         """Keypoints of the people in one image. boxes None: the service's person detector finds them (without one,
-        or with detect=False, the whole image is one person); []: nobody. flip None: the service's default."""
-        return pose_result(self._send(pose_call(read_image(image), boxes, flip, box_format, detect)))
+        or with detect=False, the whole image is one person); []: nobody. options None: the client's."""
+        return pose_result(self._send(pose_call(read_image(image), boxes, options or self.options)))
 
-    def render(self, image: ImageInput, boxes: Sequence[Box] | None = None, flip: bool | None = None,
-               box_format: str = "xywh", detect: bool | None = None, format: str = "jpeg") -> RenderedImage:
+    def render(self, image: ImageInput, boxes: Sequence[Box] | None = None, options: PoseOptions | None = None,
+               format: str = "jpeg") -> RenderedImage:
         """The image with the skeletons drawn (JPEG or PNG bytes in `.content`)."""
-        return rendered_image(self._send(render_call(read_image(image), boxes, flip, box_format, detect, format)))
+        return rendered_image(self._send(render_call(read_image(image), boxes, options or self.options, format)))
 
     def model(self) -> dict[str, Any]:
         """The served model's card (GET /v1/model)."""
-        card: dict[str, Any] = self._send(Call("GET", "/v1/model")).json()
-        return card
+        return model_card(self._send(Call("GET", "/v1/model")))
 
     @overload
     def pose_many(self, images: Sequence[ImageInput], boxes: Sequence[Sequence[Box] | None] | None = None,
-                  flip: bool | None = None, box_format: str = "xywh", detect: bool | None = None,
-                  progress: bool = False,
+                  options: PoseOptions | None = None, progress: bool = False,
                   return_exceptions: Literal[False] = False) -> list[PoseResult]: ...
 
     @overload
     def pose_many(self, images: Sequence[ImageInput], boxes: Sequence[Sequence[Box] | None] | None = None,
-                  flip: bool | None = None, box_format: str = "xywh", detect: bool | None = None,
-                  progress: bool = False, *,
+                  options: PoseOptions | None = None, progress: bool = False, *,
                   return_exceptions: Literal[True]) -> list[PoseResult | PoseClientError]: ...
 
     def pose_many(self, images: Sequence[ImageInput], boxes: Sequence[Sequence[Box] | None] | None = None,
-                  flip: bool | None = None, box_format: str = "xywh", detect: bool | None = None,
-                  progress: bool = False,
+                  options: PoseOptions | None = None, progress: bool = False,
                   return_exceptions: bool = False) -> list[PoseResult] | list[PoseResult | PoseClientError]:
         """One result per image, in input order, at most `max_concurrency` in flight. `boxes`: one entry per image
         (None: whole image). With return_exceptions, a failed image's entry is its exception; otherwise the first
@@ -96,7 +100,7 @@ class PoseClient:
 
         def one(index: int) -> None:
             try:
-                results[index] = self.pose(images[index], per_image[index], flip, box_format, detect)
+                results[index] = self.pose(images[index], per_image[index], options)
             except PoseClientError as error:
                 if not return_exceptions:
                     raise
@@ -120,15 +124,33 @@ class PoseClient:
 
     # -- transport ------------------------------------------------------------------------------
     def _send(self, call: Call) -> httpx.Response:
+        deadline = CallDeadline(self.timeout, self.base_url + call.path)
         state = RetryState(self.retry)
         with self._gate:  # held while waiting to retry too: a shed client must not add load elsewhere
             while True:
                 try:
-                    response = self._http.request(call.method, call.path, **call.request_kwargs())
+                    response = self._attempt(call, deadline, state.attempts)
                 except httpx.HTTPError as error:
-                    time.sleep(delay_after_error(error, state, self.base_url + call.path))
+                    time.sleep(delay_after_error(error, state, deadline))
                     continue
                 if response.is_success:
                     return response
-                time.sleep(delay_after_response(response, state))
+                time.sleep(delay_after_response(response, state, deadline))
+
+    def _attempt(self, call: Call, deadline: CallDeadline, attempts: int) -> httpx.Response:
+        """One request, its answer streamed and the call's deadline checked after every read: httpx's timeout
+        bounds each read only (and is set to what is left of the deadline)."""
+        request = self._http.build_request(call.method, call.path, timeout=deadline.left(attempts),
+                                           **call.request_kwargs())
+        streamed = self._http.send(request, stream=True)
+        if streamed.is_stream_consumed:  # a transport that answers from memory (httpx.MockTransport)
+            return streamed
+        try:
+            raw = bytearray()
+            for chunk in streamed.iter_raw():
+                raw += chunk
+                deadline.check(attempts)
+        finally:
+            streamed.close()
+        return rebuilt(streamed, bytes(raw))
 

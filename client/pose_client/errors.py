@@ -4,6 +4,10 @@ ID (quote it when asking the service's operators: their log lines carry it)."""
 from __future__ import annotations
 
 import json
+import math
+import time
+from datetime import timezone
+from email.utils import parsedate_to_datetime
 
 import httpx
 
@@ -22,6 +26,18 @@ class PoseConnectionError(PoseClientError):
 
 class PoseTimeoutError(PoseConnectionError):
     """No answer within the client's timeout (not retried: the service may still be working on it)."""
+
+
+class InvalidResponseError(PoseClientError):
+    """The service answered with success, but not with what the call expects: not JSON (a proxy's HTML page), not
+    an object, a missing or wrong-typed field, or a body that is not an image. Not retried: the same server would
+    answer the same way."""
+
+    def __init__(self, message: str, status: int, request_id: str | None = None, attempts: int = 1) -> None:
+        super().__init__(f"malformed {status} answer: {message}" + (f" (request {request_id})" if request_id else ""))
+        self.status = status
+        self.request_id = request_id
+        self.attempts = attempts
 
 
 class PoseAPIError(PoseClientError):
@@ -66,16 +82,23 @@ _BY_STATUS: dict[int, type[PoseAPIError]] = {401: UnauthorizedError, 429: Overlo
                                              504: DeadlineExceededError}
 
 
-def retry_after_seconds(response: httpx.Response) -> float | None:
-    """Retry-After as seconds (the service sends an integer; an HTTP date is not worth parsing here)."""
-    value = response.headers.get("retry-after")
-    if value is None:
+def retry_after_seconds(response: httpx.Response, now: float | None = None) -> float | None:
+    """Retry-After as seconds from now: delay-seconds (what the service sends) or an HTTP date (what a proxy or a
+    CDN may send; a date already past is 0). None when absent or unreadable."""
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
         return None
     try:
         seconds = float(value)
     except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:  # "-0000": RFC 5322's "UTC, origin unknown"
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return seconds if seconds >= 0 and not math.isnan(seconds) else None
 
 
 def error_from_response(response: httpx.Response, attempts: int = 1) -> PoseAPIError:

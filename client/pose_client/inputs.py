@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Union
 
+from pose_client.options import PoseOptions
+
 ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
 Box = Sequence[float]  # [x, y, w, h] or [x, y, w, h, score] (or x1, y1, x2, y2 with box_format="xyxy")
-BOX_FORMATS = ("xywh", "xyxy")
 
 
 def read_image(image: ImageInput) -> bytes:
@@ -27,14 +28,6 @@ def read_image(image: ImageInput) -> bytes:
     raise TypeError(f"image must be a path, bytes or a binary file object, not {type(image).__name__}")
 
 
-def image_label(image: ImageInput, index: int) -> str:
-    """A name for progress and error messages."""
-    if isinstance(image, (str, os.PathLike)):
-        return str(image)
-    name = getattr(image, "name", None)
-    return str(name) if isinstance(name, str) else f"image #{index}"
-
-
 def boxes_json(boxes: Sequence[Box] | None) -> str | None:
     """None: the whole image is one person (the field is left out); []: nobody."""
     if boxes is None:
@@ -42,18 +35,13 @@ def boxes_json(boxes: Sequence[Box] | None) -> str | None:
     return json.dumps([[float(v) for v in box] for box in boxes])
 
 
-def pose_form(image: bytes, boxes: Sequence[Box] | None, flip: bool | None, box_format: str,
-              detect: bool | None = None) -> tuple[dict[str, str], dict[str, tuple[str, bytes, str]]]:
+def pose_form(image: bytes, boxes: Sequence[Box] | None,
+              options: PoseOptions) -> tuple[dict[str, str], dict[str, tuple[str, bytes, str]]]:
     """Multipart fields and files of /v1/pose and /v1/pose/render (multipart keeps long box lists off the URL)."""
-    if box_format not in BOX_FORMATS:
-        raise ValueError(f"box_format must be one of {BOX_FORMATS}, not {box_format!r}")
-    fields: dict[str, str] = {"box_format": box_format}
+    fields = options.form_fields()
     encoded = boxes_json(boxes)
     if encoded is not None:
         fields["boxes"] = encoded
-    for name, value in (("flip", flip), ("detect", detect)):  # None: the service's default
-        if value is not None:
-            fields[name] = "true" if value else "false"
     return fields, {"image": ("image", image, "application/octet-stream")}
 
 

@@ -55,11 +55,13 @@ class RetryState:
     def attempts(self) -> int:
         return self.retries + 1
 
-    def next_delay(self, retry_after_s: float | None) -> float | None:
+    def next_delay(self, retry_after_s: float | None, limit_s: float = float("inf")) -> float | None:
+        """The wait before the next retry, or None to give up: out of retries, or the wait would pass the budget
+        or `limit_s` (what is left of the call's deadline)."""
         if self.retries >= self.policy.max_retries:
             return None
         delay = self.policy.delay(self.retries, retry_after_s)
-        if self.waited_s + delay > self.policy.budget_s:  # give up now rather than sleep and fail anyway
+        if self.waited_s + delay > self.policy.budget_s or delay >= limit_s:  # give up now, not after sleeping
             return None
         self.retries += 1
         self.waited_s += delay

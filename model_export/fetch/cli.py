@@ -22,6 +22,15 @@ from model_export.fetch.fetcher import (
     fetch_checkpoint,
     resolve_request,
 )
+from model_export.fetch.limits import (
+    DEADLINE_ENV,
+    DEFAULT_DEADLINE_S,
+    DEFAULT_MAX_BYTES,
+    MAX_BYTES_ENV,
+    FetchLimits,
+    parse_size,
+)
+from model_export.fetch.redact import Redactor, redact_url
 from model_export.fetch.registry import RegistryEntry, load_registry
 
 DEFAULT_READ_TIMEOUT_S = 30.0
@@ -40,7 +49,13 @@ sha256 and the AP its publisher reports.
 Cache: --cache-dir, else ${CACHE_ENV}, else $XDG_CACHE_HOME/hrnet-pose (~/.cache/hrnet-pose). A file
 enters the cache only once verified; a cut transfer is resumed (HTTP Range) within the call and by the next.
 Offline or behind a firewall: fetch the file by other means and pass --from-file; or --mirror BASE_URL
-(or ${MIRROR_ENV}) downloads from BASE_URL + the file's path on the original host.
+(or ${MIRROR_ENV}) downloads from BASE_URL + the file's path on the original host; credentials in it
+(https://user:password@host/..., token=... in the query) are used and never printed.
+
+Limits: a file over --max-size (default 1 GiB, ${MAX_BYTES_ENV}) is refused from its announced size
+before a byte is written, and cut off (its partial file deleted) if it grows past it; a body the server
+compresses although identity was asked for is refused; the whole fetch ends after --deadline seconds (default
+{DEFAULT_DEADLINE_S:g}, ${DEADLINE_ENV}), however slowly the server drips.
 """
 
 
@@ -67,6 +82,12 @@ def add_fetch_parser(subparsers: Any) -> None:
     parser.add_argument("--timeout", type=float, default=DEFAULT_READ_TIMEOUT_S, metavar="S",
                         help=f"seconds to wait for each read (default {DEFAULT_READ_TIMEOUT_S:g}); connecting "
                              f"waits at most min(S, {MAX_CONNECT_TIMEOUT_S:g})")
+    parser.add_argument("--max-size", metavar="BYTES", default=None,
+                        help=f"refuse a file larger than this (e.g. 300MB, 1GiB; default ${MAX_BYTES_ENV}, else "
+                             f"{DEFAULT_MAX_BYTES} = 1 GiB)")
+    parser.add_argument("--deadline", type=float, default=None, metavar="S",
+                        help=f"seconds the whole download may take, all attempts together (default "
+                             f"${DEADLINE_ENV}, else {DEFAULT_DEADLINE_S:g})")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (there is none anyway when stderr is not a terminal)")
     parser.set_defaults(run=run_fetch_command, parser=parser)
@@ -86,7 +107,20 @@ def provenance(request: WeightsRequest, fetched: FetchedCheckpoint) -> dict[str,
     """The card's weights fields for a fetched checkpoint."""
     where = f"{request.entry.publisher}: {request.name}" if request.entry else "by URL"
     return {"source": f"{request.file_name} ({where})", "checkpoint_sha256": fetched.sha256,
-            "registry_name": request.entry.name if request.entry else None, "url": request.url, "ap": request.ap}
+            "registry_name": request.entry.name if request.entry else None, "url": redact_url(request.url),
+            "ap": request.ap}
+
+
+def fetch_limits(args: Any) -> FetchLimits:
+    """The limits from the flags, else the environment, else the defaults; argparse error when unusable."""
+    size = args.max_size if args.max_size is not None else os.environ.get(MAX_BYTES_ENV)
+    deadline = args.deadline if args.deadline is not None else os.environ.get(DEADLINE_ENV)
+    try:
+        return FetchLimits(max_bytes=DEFAULT_MAX_BYTES if size is None else parse_size(str(size)),
+                           deadline_s=DEFAULT_DEADLINE_S if deadline is None else float(deadline))
+    except ValueError as error:
+        args.parser.error(f"--max-size / ${MAX_BYTES_ENV} or --deadline / ${DEADLINE_ENV}: {error}")
+        raise  # parser.error exits
 
 
 def run_fetch_command(args: Any) -> int:
@@ -100,19 +134,22 @@ def run_fetch_command(args: Any) -> int:
         args.parser.error("give NAME_OR_URL (see --list)")
     if args.timeout <= 0:
         args.parser.error("--timeout must be positive")
+    mirror = args.mirror or os.environ.get(MIRROR_ENV)
+    redact = Redactor([args.weights, mirror])
     try:
         request = resolve_request(args.weights, sha256=args.sha256, arch=args.arch)
     except (KeyError, ValueError) as error:
-        args.parser.error(str(error).strip("'\""))
+        args.parser.error(redact(str(error).strip("'\"")))
+    limits = fetch_limits(args)
     output = args.output or Path("models") / f"{request.name}.onnx"
     cache_dir = args.cache_dir or default_cache_dir()
     timeouts = Timeouts(connect=min(args.timeout, MAX_CONNECT_TIMEOUT_S), read=args.timeout)
     progress = not args.no_progress and sys.stderr.isatty()
     try:
-        fetched = fetch_checkpoint(request, cache_dir=cache_dir, mirror=args.mirror or os.environ.get(MIRROR_ENV),
-                                   from_file=args.from_file, timeouts=timeouts, progress=progress)
+        fetched = fetch_checkpoint(request, cache_dir=cache_dir, mirror=mirror, from_file=args.from_file,
+                                   timeouts=timeouts, limits=limits, progress=progress)
     except (FetchError, ValueError, OSError) as error:
-        print(f"fetch failed: {error}", file=sys.stderr)
+        print(f"fetch failed: {redact(str(error))}", file=sys.stderr)
         return 1
     return export_fetched(request, fetched, output)
 

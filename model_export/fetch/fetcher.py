@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 from model_export.configs import ARCHS
 from model_export.fetch.cache import cached_checkpoint
 from model_export.fetch.download import DownloadError, HashMismatch, Timeouts, download, verify_file
+from model_export.fetch.limits import DEFAULT_LIMITS, FetchLimits
+from model_export.fetch.redact import Redactor, redact_url
 from model_export.fetch.registry import RegistryEntry, find_entry, normalise_sha256, url_file_name
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,8 @@ def fetch_command(request: WeightsRequest) -> str:
     """The command line that fetches `request` again (for messages)."""
     if request.entry is not None:
         return f"python -m model_export fetch {request.name}"
-    return f"python -m model_export fetch {request.url} --sha256 {request.sha256} --arch {request.arch}"
+    url = redact_url(request.url)
+    return f"python -m model_export fetch {url} --sha256 {request.sha256} --arch {request.arch}"
 
 
 def mirrored(url: str, mirror: str | None) -> str:
@@ -88,7 +91,8 @@ def mirrored(url: str, mirror: str | None) -> str:
     if not mirror:
         return url
     if not is_url(mirror):
-        raise ValueError(f"a mirror must be an http(s) base URL, got {mirror!r}")
+        # not echoed: a mistyped mirror may still hold a password (alice:pw@host without the scheme)
+        raise ValueError("a mirror must be an http(s) base URL, such as https://mirror.example.com/openmmlab")
     return mirror.rstrip("/") + urlsplit(url).path
 
 
@@ -139,20 +143,21 @@ def _from_file(request: WeightsRequest, source: Path, destination: Path) -> Fetc
     return FetchedCheckpoint(destination, digest, "file")
 
 
-def _download(request: WeightsRequest, destination: Path, url: str, timeouts: Timeouts,
+def _download(request: WeightsRequest, destination: Path, url: str, timeouts: Timeouts, limits: FetchLimits,
               progress: bool) -> FetchedCheckpoint:
     partial = destination.with_name(destination.name + ".partial")
-    log.info("downloading %s to %s", url, destination)
+    shown, redact = redact_url(url), Redactor([url, request.url])
+    log.info("downloading %s to %s", shown, destination)
     try:
-        download(url, partial, timeouts=timeouts, progress=progress)
-        digest = verify_file(partial, request.sha256, url, delete_on_mismatch=True)
+        download(url, partial, timeouts=timeouts, limits=limits, progress=progress)
+        digest = verify_file(partial, request.sha256, shown, delete_on_mismatch=True)
     except HashMismatch as error:
-        raise FetchError(str(error)) from None
+        raise FetchError(redact(str(error))) from None
     except DownloadError as error:
-        raise FetchError(
-            f"cannot download {url}: {error}. To use a copy obtained another way: {fetch_command(request)} "
+        raise FetchError(redact(
+            f"cannot download {shown}: {error}. To use a copy obtained another way: {fetch_command(request)} "
             f"--from-file PATH (verified, then stored as {destination}); or point --mirror / ${MIRROR_ENV} at a "
-            "mirror") from None
+            "mirror")) from None
     os.replace(partial, destination)
     log.info("verified %s (sha256 %s)", destination, digest)
     return FetchedCheckpoint(destination, digest, "download")
@@ -160,11 +165,12 @@ def _download(request: WeightsRequest, destination: Path, url: str, timeouts: Ti
 
 def fetch_checkpoint(request: WeightsRequest, *, cache_dir: Path, mirror: str | None = None,
                      from_file: Path | None = None, timeouts: Timeouts = DEFAULT_TIMEOUTS,
-                     progress: bool = False) -> FetchedCheckpoint:
+                     limits: FetchLimits = DEFAULT_LIMITS, progress: bool = False) -> FetchedCheckpoint:
     """A verified local copy of the requested checkpoint in `cache_dir`; FetchError with the reason otherwise."""
     destination = cached_checkpoint(cache_dir, request.file_name)
     url = mirrored(request.url, mirror)
     with _exclusive(destination.with_name(destination.name + ".lock")):
         if from_file is not None:
             return _from_file(request, from_file, destination)
-        return _from_cache(request, destination) or _download(request, destination, url, timeouts, progress)
+        cached = _from_cache(request, destination)
+        return cached or _download(request, destination, url, timeouts, limits, progress)

@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
+from model_export.data.validation import InputDataError, check_boxes_index, check_coco_boxes
 from posecore import geometry
+from posecore.errors import PoseError
 from posecore.imaging import decode_image
 from posecore.modelcard import ModelCard
 
@@ -63,6 +65,10 @@ def read_person_boxes(annotations: Path, images_dir: Path) -> list[AnnotatedImag
         raise CalibrationDataError(f"cannot read annotations {annotations}: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise CalibrationDataError(f"{annotations}: expected a JSON object with an 'images' list")
+    try:  # every entry's types, and file names that stay inside the image folder
+        (check_coco_boxes if "annotations" in data else check_boxes_index)(data, images_dir)
+    except InputDataError as exc:
+        raise CalibrationDataError(f"{annotations}: {exc}") from None
     if "annotations" in data:
         entries = _coco_boxes(data)
     else:
@@ -133,7 +139,10 @@ def _read_rgb(path: Path) -> np.ndarray:
         data = path.read_bytes()
     except OSError as exc:
         raise CalibrationDataError(f"cannot read calibration image {path}: {exc.strerror}") from None
-    return decode_image(data, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS)
+    try:
+        return decode_image(data, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS)
+    except PoseError as exc:
+        raise CalibrationDataError(f"calibration image {path}: {exc.code}: {exc.message}") from None
 
 
 def batches(inputs: np.ndarray, batch_size: int) -> list[np.ndarray]:

@@ -37,6 +37,18 @@ class FloatLayers:
         return list(dict.fromkeys([self.first_conv, self.heatmap_conv]))
 
 
+def load_model(path: Path) -> onnx.ModelProto:
+    """The ONNX model in `path`; ModelNotQuantizable when it is not one (a JPEG given as --model, say)."""
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf's DecodeError for a file that is not one, OSError, ...
+        raise ModelNotQuantizable(f"{path} is not an ONNX model ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
+    if not model.graph.node:
+        raise ModelNotQuantizable(f"{path} is not an ONNX model: it holds no graph")
+    return model
+
+
 def default_opset(model: onnx.ModelProto) -> int:
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx"):
@@ -64,7 +76,7 @@ def check_io(model: onnx.ModelProto, path: Path) -> None:
 def upgrade_opset(path: Path, work_dir: Path) -> Path:
     """`path` itself when its opset is recent enough; else a converted copy in `work_dir`, verified against the
     original in ONNX Runtime. Raises ModelNotQuantizable with the reason when neither works."""
-    model = onnx.load(str(path))
+    model = load_model(path)
     opset = default_opset(model)
     check_io(model, path)
     if opset >= MIN_QUANT_OPSET:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from posecore.backend import ModelLoadError, batch_shapes, open_session, run_in_padded_batches
+from posecore.contract import DEFAULT_MAX_BOXES
 from posecore.detection import end2end, yolox
 from posecore.detection.card import DetectorCard, DetectorLoadError, read_detector_card
 from posecore.detection.letterbox import PAD_VALUE, letterbox
@@ -21,7 +22,6 @@ from posecore.detection.shapes import TensorInfo, detector_io, infer_card
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BOXES = 100  # the service's POSE_MAX_BOXES default
 MIN_BOX_SIDE = 2.0  # pixels: a clipped box thinner than this holds nobody's pose
 
 

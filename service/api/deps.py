@@ -17,9 +17,9 @@ def service_state(request: Request) -> ServiceState:
 def ready_service(request: Request) -> PoseService:
     state = service_state(request)
     if state.draining:
-        raise PoseError("shutting_down", "the service is shutting down", retry_after_s=1)
+        raise PoseError("shutting_down", "the service is shutting down")
     if state.poser is None or not state.ready:
-        raise PoseError("not_ready", f"not ready: {state.not_ready_reason}", retry_after_s=5)
+        raise PoseError("not_ready", f"not ready: {state.not_ready_reason}")
     return state.poser
 
 

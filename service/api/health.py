@@ -8,8 +8,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from posecore.contract import ErrorResponse
+from posecore.errors import RETRY_AFTER_S, retry_after_header
 from service.api.deps import service_state
-from service.schemas import ErrorResponse, HealthResponse
+from service.schemas import HealthResponse
 
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing or wrong API key (when POSE_AUTH_PROBES=true)"}
@@ -32,7 +34,8 @@ async def readyz(request: Request):
     if state.ready:
         return HealthResponse(status="ready")
     body = HealthResponse(status="not_ready", detail=state.not_ready_reason)
-    return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "5"})
+    retry = retry_after_header(RETRY_AFTER_S["not_ready"])
+    return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": retry})
 
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics",

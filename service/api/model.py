@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from posecore.contract import ErrorResponse
 from posecore.detection import PersonDetector
 from posecore.errors import PoseError
 from service.api.deps import service_state
-from service.schemas import DetectorInfo, ErrorResponse, ModelCardResponse
+from service.schemas import DetectorInfo, ModelCardResponse
 
 router = APIRouter(tags=["model"])
 
@@ -18,7 +19,7 @@ router = APIRouter(tags=["model"])
 async def model_card(request: Request) -> ModelCardResponse:
     state = service_state(request)
     if state.model is None:
-        raise PoseError("not_ready", "the model is not loaded yet", retry_after_s=5)
+        raise PoseError("not_ready", "the model is not loaded yet")
     card, backend = state.model.card, state.model.backend
     return ModelCardResponse(
         name=card.name,

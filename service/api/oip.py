@@ -102,7 +102,7 @@ def served_model(request: Request, model_name: str, model_version: str | None = 
     """The state, once `model_name` (and `model_version`, when given) is what this service serves; else 404."""
     state = service_state(request)
     if state.model is None:
-        raise PoseError("not_ready", "the model is not loaded yet", retry_after_s=5)
+        raise PoseError("not_ready", "the model is not loaded yet")
     served = state.model.card.name
     if model_name != served:
         raise PoseError("not_found", f"model {model_name[:100]!r} is not served here; this service serves {served!r}")

@@ -6,7 +6,6 @@ Parsing is service/request.py's, the work is service/serving.py's; this file rou
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable
 from typing import Literal, TypeVar
 
@@ -15,14 +14,15 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from posecore.codec import PersonPose
+from posecore.contract import BatchResponse, ErrorResponse, ModelInfo, PoseResponse
 from posecore.errors import PoseError
 from posecore.imaging import encode_image
 from service.api.deps import ready_service, request_defaults, service_state
 from service.api.openapi import error_responses
 from service.render import draw_poses
 from service.request import RequestDefaults, batch_body, read_batch_request, read_pose_request, single_body
-from service.schemas import BatchResponse, ErrorResponse, PoseResponse
-from service.serving import PoseResult, PoseService
+from service.responses import answer_bytes, batch_response, model_info, pose_response, timings_ms
+from service.serving import PoseService
 
 router = APIRouter(tags=["pose"])
 T = TypeVar("T")
@@ -42,8 +42,8 @@ async def pose(request: Request, defaults: RequestDefaults = Depends(request_def
                poser: PoseService = Depends(ready_service)) -> Response:
     item = await read_pose_request(request, defaults)
     result = await cancel_on_disconnect(request, poser.estimate(item))
-    body = pose_json(request, result)
-    return Response(json_bytes(body), media_type="application/json", headers=timing_headers(body["timings_ms"]))
+    answer = pose_response(result, served_model(request), poser.codec.card.keypoints)
+    return Response(answer_bytes(answer), media_type="application/json", headers=timing_headers(answer.timings_ms))
 
 
 @router.post("/v1/pose/render", responses={200: {"content": {"image/jpeg": {}, "image/png": {}},
@@ -60,7 +60,7 @@ async def render(request: Request, format: Literal["jpeg", "png"] = Query("jpeg"
         return encode_image(draw_poses(image, persons, skeleton), format)
 
     result, encoded = await cancel_on_disconnect(request, poser.render(item, draw))
-    headers = {"X-Model-Trained": str(poser.codec.card.trained).lower(), **timing_headers(ms(result.timings_s))}
+    headers = {"X-Model-Trained": str(poser.codec.card.trained).lower(), **timing_headers(timings_ms(result.timings_s))}
     return Response(encoded, media_type=f"image/{format}", headers=headers)
 
 
@@ -70,9 +70,12 @@ async def pose_batch(request: Request, defaults: RequestDefaults = Depends(reque
                      poser: PoseService = Depends(ready_service)) -> Response:
     items = await read_batch_request(request, defaults, service_state(request).settings.max_batch_items)
     outcomes = await cancel_on_disconnect(request, poser.estimate_many(items))
-    results = [item_json(request, index, outcome) for index, outcome in enumerate(outcomes)]
-    body = {"model": model_json(request), "results": results}
-    return Response(json_bytes(body), media_type="application/json")
+    metrics = service_state(request).metrics
+    for outcome in outcomes:
+        if isinstance(outcome, PoseError):  # a failed item is counted here; a failed call where it is answered
+            metrics.count_error(outcome.code)
+    answer = batch_response(outcomes, served_model(request), poser.codec.card.keypoints)
+    return Response(answer_bytes(answer), media_type="application/json")
 
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
@@ -98,56 +101,12 @@ async def _disconnect(request: Request) -> None:
         pass
 
 
-# -- responses: plain serialisation -----------------------------------------------------------------
-def json_bytes(body: dict) -> bytes:
-    """Strict JSON: a NaN or infinity that slipped through is our fault (500), never invalid JSON."""
-    return json.dumps(body, allow_nan=False).encode()
-
-
-def ms(timings_s: dict[str, float]) -> dict[str, float]:
-    return {stage: round(seconds * 1000, 3) for stage, seconds in timings_s.items()}
-
-
-def timing_headers(timings_ms: dict[str, float]) -> dict[str, str]:
-    return {"Server-Timing": ", ".join(f"{stage};dur={value}" for stage, value in timings_ms.items())}
-
-
-def model_json(request: Request) -> dict:
+# -- responses: serialised here, built by service/responses.py ----------------------------------------
+def served_model(request: Request) -> ModelInfo:
     model = service_state(request).model
     assert model is not None  # ready_service let the request in
-    card = model.card
-    return {"name": card.name, "arch": card.arch, "trained": card.trained, "provider": model.backend.provider,
-            "warning": card.warning}
+    return model_info(model)
 
 
-def pose_json(request: Request, result: PoseResult) -> dict:
-    """The response body of one image."""
-    model = service_state(request).model
-    assert model is not None
-    names = model.card.keypoints
-    persons = []
-    for person in result.persons:
-        kps = person.keypoints.tolist()
-        persons.append({
-            "box": [float(v) for v in person.box],
-            "box_score": person.box_score,
-            "score": person.score,
-            "keypoints": [{"name": n, "x": k[0], "y": k[1], "score": k[2]}
-                          for n, k in zip(names, kps, strict=True)],
-            "coco_keypoints": [v for k in kps for v in k],
-        })
-    width, height = result.image_wh
-    return {
-        "image": {"width": width, "height": height},
-        "model": model_json(request),
-        "flip": result.flip,
-        "persons": persons,
-        "timings_ms": ms(result.timings_s),
-    }
-
-
-def item_json(request: Request, index: int, outcome: PoseResult | PoseError) -> dict:
-    if isinstance(outcome, PoseError):
-        service_state(request).metrics.errors.labels(code=outcome.code).inc()
-        return {"index": index, "ok": False, "result": None, "error": outcome.to_dict()}
-    return {"index": index, "ok": True, "result": pose_json(request, outcome), "error": None}
+def timing_headers(timings: dict[str, float]) -> dict[str, str]:
+    return {"Server-Timing": ", ".join(f"{stage};dur={value}" for stage, value in timings.items())}

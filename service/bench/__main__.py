@@ -24,6 +24,7 @@ from pathlib import Path
 import onnxruntime
 
 from posecore.backend import OrtBackend
+from posecore.contract import Stage
 from posecore.modelcard import read_card
 from service.bench import baselines
 from service.bench.detect_phase import BarePhotoPhase, describe, detector_env
@@ -32,7 +33,7 @@ from service.bench.int8 import describe_int8, int8_ratios, int8_verdicts
 from service.bench.stats import Phase
 from service.bench.workload import DEFAULT_PEOPLE_DIR, load_photos
 
-STAGE_ORDER = ("decode", "detect", "preprocess", "queue", "inference", "postprocess")
+STAGE_ORDER = tuple(Stage)
 TARGETS = {  # issue 4, 2-core CPU, W32 256x192
     "service_over_ceiling": 0.95,
     "service_over_torch_eager": 1.7,
@@ -70,7 +71,7 @@ def measure(args) -> dict:
     card, _ = read_card(args.model, backend)
     best, sweep = baselines.best_batch_size(backend, budget_s=4 * args.slice_seconds)
     ort_one = baselines.ort_per_crop_infer(args.model)
-    torch_one = None if args.skip_torch else baselines.torch_eager_infer(card)
+    eager = not args.skip_torch
     int8 = None
     if args.int8_model is not None:
         int8_backend = OrtBackend(args.int8_model, provider="cpu", max_batch=args.max_batch_size)
@@ -111,11 +112,12 @@ def measure(args) -> dict:
                                                                    ort_one, t))
             run("ort_per_crop_multi", baselines.per_crop_pipeline("(d) ORT per crop, multi-person", multi, card,
                                                                   ort_one, t))
-            if torch_one is not None:
-                run("torch_per_crop_single", baselines.per_crop_pipeline(
-                    "(c) PyTorch eager per crop, single-person", single, card, torch_one, t))
-                run("torch_per_crop_multi", baselines.per_crop_pipeline(
-                    "(c) PyTorch eager per crop, multi-person", multi, card, torch_one, t))
+            eager_runs = baselines.eager_phases(card, args.people, {
+                "torch_per_crop_single": ("(c) PyTorch eager per crop, single-person", single),
+                "torch_per_crop_multi": ("(c) PyTorch eager per crop, multi-person", multi)}, t) if eager else None
+            eager = eager_runs is not None  # without torch here: skipped from the first round on
+            for key, phase in (eager_runs or {}).items():
+                run(key, phase)
             run_service("service_1c_single", "(b) service, 1 client, single-person", single, 1)
             run_service("service_single", f"(b) service, {n} clients, single-person", single, n)
             run_service("service_multi", f"(b) service, {n} clients, multi-person", multi, n)
@@ -189,7 +191,7 @@ def markdown(result: dict, r: dict[str, float], v: dict[str, bool], env: dict) -
         lines += ["", result["bare_photo"]]
     lines += ["", f"Ceiling sweep (crops/s by batch size): {result['sweep']}", "",
               "Where a service request's time goes (mean ms per request, by stage):", "",
-              "| phase | " + " | ".join(STAGE_ORDER) + " |", "|---|" + "---:|" * len(STAGE_ORDER)]
+              "| phase | " + " | ".join(map(str, STAGE_ORDER)) + " |", "|---|" + "---:|" * len(STAGE_ORDER)]
     for key, means in result["stages_ms"].items():
         cells = " | ".join(str(means.get(s, "")) for s in STAGE_ORDER)
         lines.append(f"| {result['phases'][key].name} | {cells} |")

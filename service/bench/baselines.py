@@ -1,22 +1,28 @@
 """What the service is measured against: (a) the raw ONNX Runtime ceiling on ready-made crops, and the
-per-crop pipelines without batching: (c) PyTorch eager, the official style, and (d) ONNX Runtime."""
+per-crop pipelines without batching: (c) PyTorch eager, the official style, and (d) ONNX Runtime.
+
+(c) runs in `python -m model_export eager-bench` (where torch lives; this package never imports model_export),
+one subprocess per round, so it stays interleaved with the other phases."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
-from itertools import cycle
 from pathlib import Path
 
 import numpy as np
 
 from posecore.backend import OrtBackend
-from posecore.boxes import parse_boxes
 from posecore.codec import PoseCodec
-from posecore.imaging import decode_image
 from posecore.modelcard import ModelCard
+from posecore.per_crop import run_per_crop
 from service.bench.stats import Phase
 from service.bench.workload import Photo
+
+EAGER_UNAVAILABLE = 3  # model_export eager-bench's exit status without torch
 
 
 def model_only(backend: OrtBackend, batch_size: int, budget_s: float) -> Phase:
@@ -42,44 +48,26 @@ def best_batch_size(backend: OrtBackend, budget_s: float, batch_sizes=(1, 2, 4, 
 
 def per_crop_pipeline(name: str, photos: list[Photo], card: ModelCard, infer_one: Callable[[np.ndarray], np.ndarray],
                       budget_s: float) -> Phase:
-    """One request at a time, one crop at a time, through the service's own codec: decode, crop, normalise,
-    infer, decode heatmaps."""
-    codec = PoseCodec(card)
-    latencies, crops, started = [], 0, time.perf_counter()
-    for photo in cycle(photos):
-        if time.perf_counter() - started >= budget_s:
-            break
-        t = time.perf_counter()
-        image = decode_image(photo.data, 50_000_000, 100_000_000)
-        rows = parse_boxes(photo.boxes)
-        assert rows is not None
-        for i in range(len(rows)):
-            prepared = codec.crops(image, rows[i : i + 1], flip=False)
-            codec.persons(prepared, infer_one(prepared.inputs))
-        crops += len(rows)
-        latencies.append(time.perf_counter() - t)
-    return Phase(name, len(latencies), crops, time.perf_counter() - started, latencies)
+    """One request at a time, one crop at a time, through the service's own codec (posecore/per_crop.py)."""
+    run = run_per_crop([(photo.data, photo.boxes) for photo in photos], PoseCodec(card), infer_one, budget_s)
+    return Phase(name, run.requests, run.crops, run.seconds, run.latencies_s)
 
 
-def torch_eager_infer(card: ModelCard) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The same architecture in PyTorch eager mode (weights do not change its speed); None without torch."""
-    try:
-        import torch
-
-        from model_export.configs import get_config
-        from model_export.hrnet import build_hrnet
-    except ImportError:
+def eager_phases(card: ModelCard, people_dir: Path, workloads: dict[str, tuple[str, list[Photo]]],
+                 budget_s: float) -> dict[str, Phase] | None:
+    """(c): each workload (key: (phase name, photos)) per crop in PyTorch eager mode, `budget_s` each, in a
+    `python -m model_export eager-bench` subprocess. None when torch (or the architecture) is not there."""
+    job = {"card": card.model_dump(mode="json"), "seconds": budget_s,
+           "workloads": {key: [{"path": str(people_dir / photo.name), "boxes": photo.boxes} for photo in photos]
+                         for key, (_, photos) in workloads.items()}}
+    done = subprocess.run([sys.executable, "-m", "model_export", "eager-bench"], input=json.dumps(job), text=True,
+                          capture_output=True, check=False)
+    if done.returncode == EAGER_UNAVAILABLE:
         return None
-    try:
-        model = build_hrnet(get_config(card.arch), seed=card.weights.seed or 0).eval()
-    except (KeyError, ValueError):
-        return None
-
-    def infer(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return model(torch.from_numpy(x)).numpy()
-
-    return infer
+    if done.returncode != 0:
+        raise RuntimeError(f"model_export eager-bench failed ({done.returncode}): {done.stderr[-2000:]}")
+    runs = json.loads(done.stdout)
+    return {key: Phase(name, **runs[key]) for key, (name, _) in workloads.items()}
 
 
 def ort_per_crop_infer(model_path: Path, intra_op_threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:

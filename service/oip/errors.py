@@ -19,8 +19,3 @@ def protocol_error_body(error: PoseError, request_id: str) -> tuple[int, list[tu
     status, headers, _ = error_body(error, request_id)
     body = json.dumps({"error": f"{error.code}: {error.message}"}).encode()
     return status, headers, body
-
-
-def error_answer(path: str, error: PoseError, request_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """The error answer for a request to `path`: the protocol's form under /v2, the /v1 form elsewhere."""
-    return (protocol_error_body if is_protocol_path(path) else error_body)(error, request_id)
