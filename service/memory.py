@@ -25,6 +25,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 TRIM_AFTER_BYTES = 8 * 2**20  # a request body, or a decoded image's RGB array, of at least this much
+HANDLED_BYTES = "handled_bytes"  # scope["state"] key: a body's size after inflating, when larger than on the wire
 
 
 def _malloc_trim() -> Any:

@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect
 from posecore.errors import ERROR_STATUS, PoseError
 from service.http_limits import TRANSPORT_REFUSAL
 from service.logs import request_id_var
-from service.memory import release_after
+from service.memory import HANDLED_BYTES, release_after
 from service.metrics import Metrics
 from service.refusals import refusal_answer
 
@@ -82,7 +82,8 @@ class RequestContextMiddleware:
         finally:
             self._record(app_scope, exchange, time.perf_counter() - started)
             request_id_var.reset(token)
-            release_after(exchange.body_bytes)  # a large body leaves freed pages in malloc's arenas
+            # a large body (or one that inflated large) leaves freed pages in malloc's arenas
+            release_after(max(exchange.body_bytes, app_scope["state"].get(HANDLED_BYTES, 0)))
 
     def _watched(self, receive, exchange: _Exchange):
         """Counts body bytes as they arrive (a chunked body without Content-Length is capped too) and notes a

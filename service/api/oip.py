@@ -14,6 +14,7 @@ from service.api.deps import ready_service, request_defaults, service_state
 from service.api.openapi import error_responses
 from service.api.pose import cancel_on_disconnect
 from service.json_limits import json_value_limit
+from service.memory import HANDLED_BYTES
 from service.oip import contract
 from service.oip.encoding import inflate
 from service.oip.schemas import (
@@ -189,6 +190,7 @@ async def _infer(request: Request, state: ServiceState, model_name: str, default
         """Everything about the call that can be refused without an image decoded: inflating, the JSON's
         structure, the tensors (an input's shape before its data), the requested outputs, the parameters."""
         inflated = inflate(body, encoding, settings.max_body_bytes)
+        request.scope["state"][HANDLED_BYTES] = len(inflated)  # trimmed after the answer (service/memory.py)
         parsed = parse_infer_request(inflated, header_length(json_length, len(inflated)),
                                      json_value_limit(settings.max_batch_items, settings.max_boxes),
                                      contract.input_check(settings.max_batch_items, settings.max_boxes))
