@@ -1,6 +1,8 @@
 """`python -m model_export <command>` (console script `pose-export`): a small dispatcher.
 
-Each command module contributes `add_<name>_parser(subparsers)`, which sets `run` (args -> exit code).
+One layout for every command: its work in a module (or package) of its own, its command line beside it in
+`<command>_cli.py` (or `<command>/cli.py` for a package), which contributes `add_<command>_parser(subparsers)`
+and sets `run` (parsed args -> exit code).
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from model_export.eager_bench import add_eager_bench_parser
-from model_export.evaluate import add_evaluate_parser
-from model_export.export import add_export_parser
+from model_export.eager_bench_cli import add_eager_bench_parser
+from model_export.evaluate_cli import add_evaluate_parser
+from model_export.export_cli import add_export_parser
 from model_export.fetch.cli import add_fetch_parser
 from model_export.quantize.cli import add_quantize_parser
 from model_export.train_cli import add_train_parser

@@ -6,15 +6,12 @@ one JSON line back, so the baseline stays interleaved with the service's phases.
      y, w, h]]}, ...], ...}}
 and prints {"single": {"requests": .., "crops": .., "seconds": .., "latencies_s": [..]}} (posecore/per_crop.py:
 the same per-crop pipeline the bench times with ONNX Runtime, here with the same architecture in PyTorch eager
-mode; weights do not change its speed). Exit status 3: torch or the architecture is not available here.
+mode; weights do not change its speed). The command line is model_export/eager_bench_cli.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,8 +21,6 @@ import numpy as np
 from posecore.codec import PoseCodec
 from posecore.modelcard import ModelCard
 from posecore.per_crop import run_per_crop
-
-UNAVAILABLE = 3
 
 
 def torch_eager_infer(card: ModelCard) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -60,18 +55,3 @@ def run_job(job: dict[str, Any]) -> dict[str, Any] | None:
         loaded = [(Path(photo["path"]).read_bytes(), photo["boxes"]) for photo in photos]
         runs[name] = dataclasses.asdict(run_per_crop(loaded, codec, infer, float(job["seconds"])))
     return runs
-
-
-def add_eager_bench_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("eager-bench", help="the bench's PyTorch eager baseline (a job on stdin)",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.set_defaults(run=run_eager_bench_command)
-
-
-def run_eager_bench_command(args: argparse.Namespace) -> int:
-    runs = run_job(json.loads(sys.stdin.read()))
-    if runs is None:
-        print("eager-bench: torch (or this architecture) is not available here", file=sys.stderr)
-        return UNAVAILABLE
-    print(json.dumps(runs))
-    return 0

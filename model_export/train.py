@@ -16,11 +16,9 @@ is on by default on GPU; augmentation randomness is per sample, seeded by (seed,
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,23 +30,25 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from model_export.checkpoint import CheckpointError, normalise_keys, read_checkpoint_file, unwrap_state_dict
+from model_export.checkpoint import CheckpointError, read_checkpoint_file
 from model_export.configs import HRNetConfig, config_from_dict, get_config
 from model_export.data.dataset import OFFICIAL_JOINT_WEIGHTS, Augmentation, CocoKeypointDataset, load_person_records
 from model_export.hrnet import HRNet, build_hrnet
 from model_export.loss import JointsMSELoss
+from model_export.train_records import (
+    BEST_NAME,
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_NAME,
+    METRICS_NAME,
+    STAT_COLUMNS,
+    MetricsLog,
+    save_checkpoint,
+)
+from model_export.train_setup import config_with_input, dataset_label, load_pretrained, resolve_device
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "hrnet-pose-training-checkpoint/1"
-CHECKPOINT_NAME = "checkpoint.pt"
-BEST_NAME = "best.pt"
-METRICS_NAME = "metrics.csv"
 DEFAULT_ARCH = "w32_256x192"
-STAT_COLUMNS = ("val_ap", "val_ap50", "val_ap75", "val_ap_m", "val_ap_l", "val_ar", "val_ar50", "val_ar75",
-                "val_ar_m", "val_ar_l")
-METRIC_COLUMNS = ("epoch", "step", "epoch_complete", "lr", "loss", "images", "seconds", "images_per_s",
-                  *STAT_COLUMNS)
 
 
 @dataclass
@@ -111,49 +111,6 @@ class EpochSampler(Sampler[int]):
 
 # ---- set-up -------------------------------------------------------------------------------------------------
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device")
-    return torch.device(name)
-
-
-def config_with_input(config: HRNetConfig, input_size: tuple[int, int] | None, sigma: float | None) -> HRNetConfig:
-    """The arch at another input size (heatmaps a quarter of it) and/or target sigma; renamed when resized."""
-    changes: dict[str, Any] = {}
-    if input_size is not None and tuple(input_size) != config.input_size:
-        height, width = (int(v) for v in input_size)
-        if height % 32 or width % 32:
-            raise ValueError(f"input size {height}x{width}: both sides must be multiples of 32 (the four "
-                             "branches halve the stride-4 heatmap three times)")
-        changes |= {"name": f"{config.name.split('_')[0]}_{height}x{width}", "input_size": (height, width),
-                    "heatmap_size": (height // 4, width // 4)}
-    if sigma is not None:
-        changes["sigma"] = float(sigma)
-    return dataclasses.replace(config, **changes) if changes else config
-
-
-def load_pretrained(model: HRNet, path: Path) -> None:
-    """Initialise from e.g. the official ImageNet HRNet (hrnet_w32-36af842e.pth): every tensor whose name and
-    shape match is loaded, the rest (classifier heads, the final heatmap layer) keeps the official init."""
-    state_dict, _ = unwrap_state_dict(read_checkpoint_file(path))
-    state_dict, _, _ = normalise_keys(state_dict)
-    own = model.state_dict()
-    matching = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
-    if not matching:
-        raise CheckpointError(f"{path}: no tensor matches the model by name and shape")
-    model.load_state_dict(matching, strict=False)
-    log.info("pretrained %s: %d of the model's %d tensors loaded, %d of the file's skipped", path, len(matching),
-             len(own), len(state_dict) - len(matching))
-
-
-def dataset_label(annotation_file: Path) -> str:
-    """'coco-mini/test_coco.json': the folder and file name, enough to say what a model was trained on."""
-    path = Path(annotation_file)
-    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
-
-
 def build_train_set(settings: TrainSettings, config: HRNetConfig) -> tuple[CocoKeypointDataset, list[dict]]:
     """All annotation files' persons in one dataset, plus a description of each file for the checkpoint."""
     if len(settings.annotations) != len(settings.images) or not settings.annotations:
@@ -174,14 +131,7 @@ def build_train_set(settings: TrainSettings, config: HRNetConfig) -> tuple[CocoK
     return dataset, described
 
 
-# ---- checkpoints and logs -----------------------------------------------------------------------------------
-
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """Write atomically (temporary file, then rename), so an interrupted save never leaves a torn file."""
-    staging = path.with_name(path.name + ".partial")
-    torch.save(payload, staging)
-    os.replace(staging, path)
-
+# ---- checkpoints --------------------------------------------------------------------------------------------
 
 def plain_settings(settings: TrainSettings) -> dict[str, Any]:
     """The settings as plain values (weights-only checkpoints hold no Path objects)."""
@@ -193,28 +143,6 @@ def plain_settings(settings: TrainSettings) -> dict[str, Any]:
             value = [str(v) if isinstance(v, Path) else v for v in value]
         out[key] = value
     return out
-
-
-class MetricsLog:
-    """metrics.csv in the run folder: appended to on resume, header written once."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        if not path.exists() or path.stat().st_size == 0:
-            with path.open("w", newline="") as handle:
-                csv.writer(handle).writerow(METRIC_COLUMNS)
-
-    def write(self, row: dict[str, Any]) -> None:
-        with self.path.open("a", newline="") as handle:
-            csv.writer(handle).writerow([_csv_value(row.get(column)) for column in METRIC_COLUMNS])
-
-
-def _csv_value(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return value
 
 
 # ---- validation ---------------------------------------------------------------------------------------------

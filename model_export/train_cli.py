@@ -10,7 +10,8 @@ from typing import Any
 
 from model_export.checkpoint import CheckpointError
 from model_export.configs import ARCHS
-from model_export.train import BEST_NAME, CHECKPOINT_NAME, DEFAULT_ARCH, METRICS_NAME, TrainSettings, train
+from model_export.train import DEFAULT_ARCH, TrainSettings, train
+from model_export.train_records import BEST_NAME, CHECKPOINT_NAME, METRICS_NAME
 
 # ---- command line (`python -m model_export train ...`) -------------------------------------------------------
 

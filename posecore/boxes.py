@@ -39,12 +39,7 @@ def parse_boxes(raw: Any, box_format: str = "xywh", max_boxes: int | None = None
     rows = _rows(raw)
     if box_format == "xyxy":
         rows = xyxy_to_xywh(rows)
-    _refuse_first(rows, (
-        (~np.isfinite(rows).all(axis=1), "contains NaN or infinite values"),
-        ((rows[:, 2] <= 0) | (rows[:, 3] <= 0), "has a width or height <= 0; both must be > 0"),
-        (rows[:, 4] < 0, "has a negative score"),
-        (rows[:, 4] > MAX_BOX_SCORE, f"has a score over {MAX_BOX_SCORE:g}"),
-    ))
+    _refuse_first(rows, _value_checks(rows))
     return rows
 
 
@@ -55,24 +50,38 @@ def fit_to_image(rows: np.ndarray, image_wh: Sequence[int]) -> tuple[np.ndarray,
     values beyond 100 times the image size (they overflow the float32 center/scale into NaN keypoints; no
     detector box is a hundred times larger than its image).
     """
-    image_w, image_h = float(image_wh[0]), float(image_wh[1])
-    x, y, w, h = rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]
-    limit = 100.0 * max(image_w, image_h)
-    _refuse_first(rows, (
-        ((np.abs(rows[:, :4]) > limit).any(axis=1), f"has a value beyond +-{limit:g}, 100 times the image size"),
-        ((x >= image_w) | (y >= image_h) | (x + w <= 0) | (y + h <= 0),
-         f"lies entirely outside the {image_w:g}x{image_h:g} image"),
-    ))
+    _refuse_first(rows, _image_checks(rows, image_wh))
     return np.ascontiguousarray(rows[:, :4]), np.ascontiguousarray(rows[:, 4])
 
 
-def validate_boxes(raw: Any, image_wh: Sequence[int], max_boxes: int) -> tuple[np.ndarray, np.ndarray]:
-    """parse_boxes then fit_to_image, for callers that have the image already (evaluation, the bench)."""
-    if raw is None:
-        raise PoseError("invalid_boxes", _SHAPE_HINT)
-    rows = parse_boxes(raw, "xywh", max_boxes)
-    assert rows is not None
-    return fit_to_image(rows, image_wh)
+def refused_rows(rows: np.ndarray, image_wh: Sequence[int]) -> np.ndarray:
+    """(N,) mask of the (N, 5) xywh-score rows the service would refuse in this image, by the same rules, for
+    callers that drop such boxes instead of refusing the image (evaluation, on a detector's boxes)."""
+    checks = (*_value_checks(rows), *_image_checks(rows, image_wh))
+    return np.logical_or.reduce([bad for bad, _ in checks])
+
+
+Checks = tuple[tuple[np.ndarray, str], ...]  # (N,) mask of the failing rows, and what is wrong with them
+
+
+def _value_checks(rows: np.ndarray) -> Checks:
+    return (
+        (~np.isfinite(rows).all(axis=1), "contains NaN or infinite values"),
+        ((rows[:, 2] <= 0) | (rows[:, 3] <= 0), "has a width or height <= 0; both must be > 0"),
+        (rows[:, 4] < 0, "has a negative score"),
+        (rows[:, 4] > MAX_BOX_SCORE, f"has a score over {MAX_BOX_SCORE:g}"),
+    )
+
+
+def _image_checks(rows: np.ndarray, image_wh: Sequence[int]) -> Checks:
+    image_w, image_h = float(image_wh[0]), float(image_wh[1])
+    x, y, w, h = rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]
+    limit = 100.0 * max(image_w, image_h)
+    return (
+        ((np.abs(rows[:, :4]) > limit).any(axis=1), f"has a value beyond +-{limit:g}, 100 times the image size"),
+        ((x >= image_w) | (y >= image_h) | (x + w <= 0) | (y + h <= 0),
+         f"lies entirely outside the {image_w:g}x{image_h:g} image"),
+    )
 
 
 def whole_image_box(image_wh: Sequence[int]) -> np.ndarray:
@@ -110,7 +119,7 @@ def _rows(raw: Any) -> np.ndarray:
     return out
 
 
-def _refuse_first(rows: np.ndarray, checks: tuple[tuple[np.ndarray, str], ...]) -> None:
+def _refuse_first(rows: np.ndarray, checks: Checks) -> None:
     for bad, reason in checks:
         if bad.any():
             i = int(np.argmax(bad))

@@ -25,22 +25,6 @@ def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
     return out
 
 
-def box_to_center_scale(
-    box_xywh: ArrayLike,
-    aspect_ratio: float = 0.75,
-    padding: float = BOX_PADDING,
-    pixel_std: float = PIXEL_STD,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One x, y, w, h box -> (center float32 (2,), scale float32 (2,)), scale in units of `pixel_std` pixels.
-
-    The box is grown to the model's aspect ratio (w / h of the network input) around its center, then padded.
-    """
-    centers, scales = boxes_to_centers_scales(
-        np.asarray(box_xywh, dtype=np.float64)[None, :4], aspect_ratio, padding, pixel_std
-    )
-    return centers[0], scales[0]
-
-
 def boxes_to_centers_scales(
     boxes_xywh: np.ndarray,
     aspect_ratio: float = 0.75,

@@ -102,8 +102,9 @@ class PoseService:
         self.limits = limits
         self.pixels = pixels
         self.request_timeout_s = request_timeout_s
-        self.executor = ThreadPoolExecutor(max_workers=workers or max(4, 2 * (os.cpu_count() or 2)),
-                                           thread_name_prefix="pose-prepare", initializer=_yield_to_inference)
+        self.workers = workers or max(4, 2 * (os.cpu_count() or 2))  # preparation threads
+        self.executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="pose-prepare",
+                                           initializer=_yield_to_inference)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False)

@@ -1,5 +1,4 @@
-"""Session fixtures. Plain helpers (paths, require_shared, image builders, assert_error...) live in tests/helpers.py;
-the names below are re-exported from there for files that still import them from conftest."""
+"""Session fixtures. Plain helpers (paths, require_shared, image builders, assert_error...) live in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -9,9 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import DATA, REFERENCE, ROOT, SHARED, jpeg_bytes, require_shared
-
-__all__ = ["DATA", "REFERENCE", "ROOT", "SHARED", "jpeg_bytes", "require_shared"]
+from tests.helpers import require_shared
 
 
 @pytest.fixture

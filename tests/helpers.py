@@ -1,5 +1,6 @@
 """What many test files need, in one place: where ../shared lives (and skipping cleanly without it), image
-builders, the error-body assertion, a free loopback port, a process's resident memory, and the COCO data sets.
+builders, the error-body assertion, the one Prometheus metrics reader, a free loopback port, a process's
+resident memory, and the COCO data sets.
 
 Fixtures stay in conftest.py; plain functions and constants live here (`from tests.helpers import ...`).
 """
@@ -86,6 +87,18 @@ def assert_error(response: Any, status: int, code: str) -> None:
     assert body["error"]["code"] == code, body
     assert body["error"]["message"], body
     assert body["request_id"] == response.headers["x-request-id"], body
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """One sample of a Prometheus text exposition, read by prometheus_client's own parser: the sample `name`
+    (e.g. pose_errors_total) with exactly these labels; 0.0 when absent (a labelled counter never incremented)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
 
 
 def free_port() -> int:

@@ -5,7 +5,6 @@ keys, CORS off unless configured, and the request-body limit on a real socket.""
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import logging
 import re
@@ -15,8 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.logs import JsonFormatter
-from service.main import create_app, load_model
+from service.main import create_app
 from service.settings import Settings
+from tests.fakes import failing_app
 from tests.helpers import assert_error, jpeg_bytes
 from tests.live_server import LiveServer
 
@@ -159,25 +159,6 @@ def formatted_logs():
     yield handler
     root.removeHandler(handler)
     root.setLevel(old_level)
-
-
-class FailingBackend:
-    """The real backend, except that inference fails: the request gets inference_failed and errors are logged."""
-
-    def __init__(self, real) -> None:
-        self._real = real
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
-
-    def infer(self, batch):
-        raise RuntimeError("simulated device failure")
-
-
-def failing_app(tiny_onnx):
-    settings = Settings(model_path=tiny_onnx)
-    loaded = load_model(settings)
-    return create_app(settings, model=dataclasses.replace(loaded, backend=FailingBackend(loaded.backend)))
 
 
 def test_error_log_lines_of_a_failing_request_carry_its_request_id(tiny_onnx, formatted_logs):

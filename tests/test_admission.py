@@ -9,7 +9,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import numpy as np
@@ -17,51 +17,10 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from posecore.backend import ProviderStatus
 from posecore.errors import PoseError
-from posecore.modelcard import ModelCard
 from service.admission import PixelBudget
-from service.main import create_app
-from service.settings import Settings
-from service.state import LoadedModel
-from tests.helpers import assert_error, free_port, jpeg_bytes
-
-INPUT_HW, HEATMAP_HW = (64, 48), (16, 12)
-
-
-class GatedBackend:
-    """A pose backend whose batches wait for `gate` (set by default), counting the crops it computed."""
-
-    input_hw = INPUT_HW
-    heatmap_hw = HEATMAP_HW
-    num_keypoints = 17
-    max_batch_size = 8
-    provider = "CPUExecutionProvider"
-
-    def __init__(self, open_gate: bool = True) -> None:
-        self.gate = threading.Event()
-        if open_gate:
-            self.gate.set()
-        self.entered = threading.Event()
-        self.computed = 0
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        self.entered.set()
-        if not self.gate.wait(30):
-            raise RuntimeError("the test never opened the gate")
-        self.computed += len(batch)
-        maps = np.zeros((len(batch), 17, *HEATMAP_HW), np.float32)
-        maps[:, :, 8, 6] = 1.0
-        return maps
-
-    def warmup(self) -> None:
-        pass
-
-
-def app_with(backend: GatedBackend, **settings):
-    card = ModelCard.official_defaults("gated", INPUT_HW, HEATMAP_HW)
-    model = LoadedModel(backend, card, False, ProviderStatus("cpu", backend.provider, True))  # type: ignore[arg-type]
-    return create_app(Settings(**settings), model=model)
+from tests.fakes import GatedBackend, app_with
+from tests.helpers import assert_error, free_port, jpeg_bytes, metric_value
 
 
 def boxes(n: int) -> list[list[float]]:
@@ -175,6 +134,15 @@ class ServerThread:
         self.thread.join(30)
 
 
+def wait_for_metric(base_url: str, name: str, holds: Callable[[float], bool], timeout_s: float = 10.0,
+                    **labels: str) -> None:
+    """Until the sample `name` with these labels satisfies `holds`."""
+    deadline = time.monotonic() + timeout_s
+    while not holds(value := metric_value(httpx.get(base_url + "/metrics").text, name, **labels)):
+        assert time.monotonic() < deadline, f"{name}{labels} = {value} after {timeout_s} s"
+        time.sleep(0.02)  # poll interval
+
+
 def test_a_client_that_hangs_up_has_its_queued_crops_dropped():
     """Six clients each send 20 boxes and hang up 0.3 s later while the model is busy with the first batch:
     once the model is free, none of the crops still queued is computed, and the hang-ups count as 499."""
@@ -193,12 +161,13 @@ def test_a_client_that_hangs_up_has_its_queued_crops_dropped():
 
         asyncio.run(scenario())
         assert backend.entered.is_set(), "the first batch reached the model"
-        time.sleep(0.3)  # the server notices the hang-ups (asynchronously: no event to wait on from here)
+        wait_for_metric(server.base_url, "pose_requests_total", lambda hung_up: hung_up >= 6,
+                        endpoint="/v1/pose", status="499")  # the server noticed every hang-up
         backend.gate.set()
-        time.sleep(0.5)  # let the worker run whatever it still had
+        wait_for_metric(server.base_url, "pose_inflight_crops", lambda crops: crops == 0)  # the worker is done
         assert backend.computed <= 4, f"{backend.computed} of 120 crops computed for clients that had left"
         metrics = httpx.get(server.base_url + "/metrics").text
-        assert 'status="499"' in metrics and 'code="client_disconnected"' in metrics
+        assert metric_value(metrics, "pose_errors_total", code="client_disconnected") == 6
         assert 'status="500"' not in metrics
         assert httpx.get(server.base_url + "/readyz").status_code == 200
 
@@ -229,7 +198,7 @@ def test_the_deadline_covers_preparation():
         poser = client.app.state.service.poser
         stall = threading.Event()
         # occupy every preparation thread, as two decode bombs did with the old pool of two
-        for _ in range(poser.executor._max_workers):
+        for _ in range(poser.workers):
             poser.executor.submit(stall.wait, 10)
         try:
             started = time.perf_counter()

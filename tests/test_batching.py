@@ -17,42 +17,7 @@ import pytest
 
 from posecore.errors import PoseError
 from service.batching import MicroBatcher
-
-
-class FakeBackend:
-    """Heatmaps = 2 x the crop's first value; records every batch; can be held at a gate, be slow, or choke on
-    NaN. `entered` counts the batches that reached it, so a test can wait until the worker is inside a batch."""
-
-    def __init__(self, delay_s: float = 0.0, gate_open: bool = True) -> None:
-        self.delay_s = delay_s
-        self.batches: list[np.ndarray] = []  # the first value of each crop, per batch computed
-        self.attempts: list[int] = []  # the size of every batch that reached the backend, failed ones too
-        self.gate = threading.Event()
-        if gate_open:
-            self.gate.set()
-        self._entered = threading.Semaphore(0)
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        self.attempts.append(len(batch))
-        self._entered.release()
-        assert self.gate.wait(10), "the test never opened the gate"
-        if np.isnan(batch).any():
-            raise ValueError("NaN crop")
-        time.sleep(self.delay_s)  # compute time, not synchronisation
-        self.batches.append(batch[:, 0, 0, 0].copy())
-        return (batch[:, :1, :2, :2] * 2).astype(np.float32)
-
-    async def wait_entered(self, timeout_s: float = 10.0) -> bool:
-        """Until the worker thread has entered one more batch (True), or the timeout passed (False)."""
-        return await asyncio.to_thread(self._entered.acquire, True, timeout_s)
-
-    @property
-    def sizes(self) -> list[int]:
-        return [len(b) for b in self.batches]
-
-    @property
-    def computed(self) -> set[float]:
-        return {float(v) for b in self.batches for v in b}
+from tests.fakes import RecordingInfer
 
 
 def crops(*values: float) -> np.ndarray:
@@ -68,7 +33,7 @@ async def enqueued() -> None:
     await asyncio.sleep(0)
 
 
-async def stuck_worker(batcher: MicroBatcher, backend: FakeBackend, value: float) -> asyncio.Task:
+async def stuck_worker(batcher: MicroBatcher, backend: RecordingInfer, value: float) -> asyncio.Task:
     """Submit one crop and return once the worker is inside its batch, held at the backend's closed gate."""
     blocker = asyncio.create_task(batcher.submit(crops(value), far_deadline()))
     assert await backend.wait_entered(), f"the worker never started crop {value}"
@@ -101,7 +66,7 @@ def run(coro):
 
 
 def test_concurrent_requests_are_pooled_and_each_gets_its_own_results(make_batcher):
-    backend = FakeBackend(delay_s=0.02)
+    backend = RecordingInfer(delay_s=0.02)
     batcher = make_batcher(backend.infer, max_batch_size=8, max_wait_s=0.01)
 
     async def main():
@@ -116,7 +81,7 @@ def test_concurrent_requests_are_pooled_and_each_gets_its_own_results(make_batch
 
 
 def test_a_lone_request_is_dispatched_without_waiting(make_batcher):
-    backend = FakeBackend()
+    backend = RecordingInfer()
     batcher = make_batcher(backend.infer, max_batch_size=8, max_wait_s=1.0)
 
     async def main():
@@ -128,7 +93,7 @@ def test_a_lone_request_is_dispatched_without_waiting(make_batcher):
 
 
 def test_batch_waits_at_most_max_wait_for_announced_crops(make_batcher):
-    backend = FakeBackend()
+    backend = RecordingInfer()
     batcher = make_batcher(backend.infer, max_batch_size=8, max_wait_s=0.15)
 
     async def main():
@@ -144,7 +109,7 @@ def test_batch_waits_at_most_max_wait_for_announced_crops(make_batcher):
 
 
 def test_announced_crops_join_the_waiting_batch(make_batcher):
-    backend = FakeBackend()
+    backend = RecordingInfer()
     batcher = make_batcher(backend.infer, max_batch_size=8, max_wait_s=10.0)
 
     async def main():
@@ -163,7 +128,7 @@ def test_announced_crops_join_the_waiting_batch(make_batcher):
 
 
 def test_a_large_request_is_split_across_batches_in_order(make_batcher):
-    backend = FakeBackend()
+    backend = RecordingInfer()
     batcher = make_batcher(backend.infer, max_batch_size=8, max_wait_s=0.0)
     values = [float(v) for v in range(20)]
     result = run(batcher.submit(crops(*values), far_deadline()))
@@ -172,7 +137,7 @@ def test_a_large_request_is_split_across_batches_in_order(make_batcher):
 
 
 def test_overload_is_refused_with_retry_after(make_batcher):
-    backend = FakeBackend(gate_open=False)  # inference blocked: crops pile up
+    backend = RecordingInfer(gate_open=False)  # inference blocked: crops pile up
     batcher = make_batcher(backend.infer, max_batch_size=2, max_wait_s=0.0, max_queue_items=4)
 
     async def main():
@@ -191,13 +156,13 @@ def test_overload_is_refused_with_retry_after(make_batcher):
 
 
 def test_an_idle_batcher_admits_a_request_larger_than_the_queue(make_batcher):
-    batcher = make_batcher(FakeBackend().infer, max_batch_size=2, max_queue_items=2)
+    batcher = make_batcher(RecordingInfer().infer, max_batch_size=2, max_queue_items=2)
     result = run(batcher.submit(crops(1, 2, 3, 4, 5), far_deadline()))
     assert len(result.outputs) == 5
 
 
 def test_expired_work_is_dropped_before_compute(make_batcher):
-    backend = FakeBackend(gate_open=False)
+    backend = RecordingInfer(gate_open=False)
     batcher = make_batcher(backend.infer, max_batch_size=1, max_wait_s=0.0)
 
     async def main():
@@ -218,7 +183,7 @@ def test_expired_work_is_dropped_before_compute(make_batcher):
 
 
 def test_cancelled_requests_are_not_computed(make_batcher):
-    backend = FakeBackend(gate_open=False)
+    backend = RecordingInfer(gate_open=False)
     batcher = make_batcher(backend.infer, max_batch_size=1, max_wait_s=0.0)
 
     async def main():
@@ -239,7 +204,7 @@ def test_cancelled_requests_are_not_computed(make_batcher):
 
 
 def test_one_bad_item_fails_only_its_own_request(make_batcher):
-    backend = FakeBackend(gate_open=False)
+    backend = RecordingInfer(gate_open=False)
     batcher = make_batcher(backend.infer, max_batch_size=8, max_wait_s=0.0)
 
     async def main():
@@ -262,7 +227,7 @@ def test_one_bad_item_fails_only_its_own_request(make_batcher):
 
 
 def test_close_finishes_admitted_work_then_refuses(make_batcher):
-    backend = FakeBackend(delay_s=0.01)
+    backend = RecordingInfer(delay_s=0.01)
     batcher = make_batcher(backend.infer, max_batch_size=2, max_wait_s=0.0)
 
     async def main():
@@ -280,14 +245,14 @@ def test_close_finishes_admitted_work_then_refuses(make_batcher):
 
 
 def test_timings_report_queue_and_inference(make_batcher):
-    backend = FakeBackend(delay_s=0.03)
+    backend = RecordingInfer(delay_s=0.03)
     batcher = make_batcher(backend.infer, max_batch_size=8, max_wait_s=0.0)
     result = run(batcher.submit(crops(1.0), far_deadline()))
     assert result.inference_s >= 0.03 and result.queue_s >= 0
 
 
 def test_a_backend_answer_of_the_wrong_size_fails_its_requests_and_the_worker_lives_on(make_batcher):
-    backend = FakeBackend()
+    backend = RecordingInfer()
     calls = {"n": 0}
 
     def short_once(batch: np.ndarray) -> np.ndarray:
@@ -332,7 +297,7 @@ class FakeMetrics:
 def test_the_worker_survives_its_own_bookkeeping_failing(make_batcher):
     metrics = FakeMetrics()
     metrics.batch_size.broken = True  # anything after inference that raises (here: the batch-size histogram)
-    batcher = make_batcher(FakeBackend().infer, max_batch_size=8, max_wait_s=0.0, metrics=metrics)
+    batcher = make_batcher(RecordingInfer().infer, max_batch_size=8, max_wait_s=0.0, metrics=metrics)
 
     async def main():
         with pytest.raises(PoseError) as error:
@@ -348,7 +313,7 @@ def test_the_worker_survives_its_own_bookkeeping_failing(make_batcher):
 
 
 def test_an_overloaded_batcher_refuses_at_announcement_before_any_preparation(make_batcher):
-    backend = FakeBackend(gate_open=False)
+    backend = RecordingInfer(gate_open=False)
     batcher = make_batcher(backend.infer, max_batch_size=2, max_wait_s=0.0, max_queue_items=2)
 
     async def main():
@@ -366,7 +331,7 @@ def test_an_overloaded_batcher_refuses_at_announcement_before_any_preparation(ma
 
 def test_each_batcher_names_its_thread_and_its_items() -> None:
     """The detector's batcher is the same class: its thread and its refusals say what it carries."""
-    backend = FakeBackend(gate_open=False)
+    backend = RecordingInfer(gate_open=False)
     batcher = MicroBatcher(infer=backend.infer, max_batch_size=1, max_wait_s=0.0, max_queue_items=1,
                            name="detector-batcher", unit="images")
     batcher.start()

@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from posecore.boxes import fit_to_image, parse_boxes, validate_boxes
+from posecore.boxes import fit_to_image, parse_boxes
 from posecore.errors import PoseError
+
+
+def validate_boxes(raw, image_wh, max_boxes):
+    """Both steps, as the serving path runs them: parse_boxes at admission, fit_to_image once the size is known."""
+    rows = parse_boxes(raw, "xywh", max_boxes)
+    assert rows is not None
+    return fit_to_image(rows, image_wh)
 
 
 def test_validate_boxes_accepts_scores_and_partly_outside_boxes():
@@ -34,7 +41,6 @@ def test_validate_boxes_accepts_scores_and_partly_outside_boxes():
         ([["a", 0, 10, 10]], "invalid_boxes", "numbers"),
         ([[0, 0, 10, 10, -0.1]], "invalid_boxes", "negative score"),
         (np.zeros((2, 3)), "invalid_boxes", "shape"),
-        (None, "invalid_boxes", "list of"),
         ([[0, 0, 10, 10]] * 5, "too_many_boxes", "at most 4"),
     ],
 )

@@ -8,7 +8,6 @@ import pytest
 
 from posecore.coco import IMAGENET_MEAN, IMAGENET_STD
 from posecore.geometry import (
-    box_to_center_scale,
     boxes_to_centers_scales,
     crop_person,
     get_affine_transform,
@@ -16,6 +15,13 @@ from posecore.geometry import (
     normalize_crops,
     xyxy_to_xywh,
 )
+
+
+def box_to_center_scale(box_xywh, aspect_ratio: float = 0.75) -> tuple[np.ndarray, np.ndarray]:
+    """One box through the vectorised form: the official _box2cs takes one box at a time."""
+    centers, scales = boxes_to_centers_scales(np.asarray(box_xywh, dtype=np.float64)[None, :4], aspect_ratio)
+    return centers[0], scales[0]
+
 
 # Matrices built the official way (float32 points, cv2.getAffineTransform) come out bit-identical; the
 # tolerance only leaves room for a different OpenCV build's linear solver.

@@ -19,7 +19,7 @@ from posecore.errors import PoseError
 from posecore.imaging import decode_image
 from service.main import create_app
 from service.settings import Settings
-from tests.helpers import assert_error, encode, photo
+from tests.helpers import assert_error, encode, metric_value, photo
 
 MAX_BYTES, MAX_PIXELS = 20 * 1024 * 1024, 40_000_000
 
@@ -182,11 +182,10 @@ def _metric_lines(server, prefix: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(prefix)]
 
 
-def _metric(server, sample: str) -> float:
-    for line in _metric_lines(server, sample.split("{")[0]):
-        if line.rsplit(" ", 1)[0] == sample:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+def _metric(server, name: str, **labels: str) -> float:
+    import httpx
+
+    return metric_value(httpx.get(f"{server.base_url}/metrics", timeout=10).text, name, **labels)
 
 
 def _status_line(response: bytes) -> bytes:
@@ -203,21 +202,21 @@ def _no_tracebacks(server) -> None:
 def test_client_hanging_up_mid_upload_is_counted_499_with_one_log_line(server):
     import json as _json
 
-    errors_before = _metric(server, 'pose_errors_total{code="internal_error"}')
+    errors_before = _metric(server, "pose_errors_total", code="internal_error")
     sock = _connect(server)
     part = (b'--XX\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\nContent-Type: image/jpeg'
             b"\r\n\r\n" + encode(photo(640, 480), "JPEG")[:30_000])
     sock.sendall(b"POST /v1/pose HTTP/1.1\r\nHost: test\r\nX-Request-ID: hangup-4\r\n"
                  b"Content-Type: multipart/form-data; boundary=XX\r\nContent-Length: 200000\r\n\r\n" + part)
-    time.sleep(0.3)  # let the server start reading the body
+    time.sleep(0.3)  # the attack: a client that starts an upload, pauses, and leaves (mid-body, not before it)
     sock.close()
     deadline = time.monotonic() + 10
-    while _metric(server, 'pose_requests_total{endpoint="/v1/pose",status="499"}') < 1:
+    while _metric(server, "pose_requests_total", endpoint="/v1/pose", status="499") < 1:
         assert time.monotonic() < deadline, _metric_lines(server, "pose_requests_total")
-        time.sleep(0.1)
-    assert _metric(server, 'pose_errors_total{code="client_disconnected"}') >= 1
-    assert _metric(server, 'pose_requests_total{endpoint="/v1/pose",status="500"}') == 0
-    assert _metric(server, 'pose_errors_total{code="internal_error"}') == errors_before
+        time.sleep(0.1)  # poll interval
+    assert _metric(server, "pose_errors_total", code="client_disconnected") >= 1
+    assert _metric(server, "pose_requests_total", endpoint="/v1/pose", status="500") == 0
+    assert _metric(server, "pose_errors_total", code="internal_error") == errors_before
     lines = [r for r in server.log_records() if r["request_id"] == "hangup-4"]
     assert len(lines) == 1, lines
     assert lines[0]["status"] == 499 and lines[0]["error_code"] == "client_disconnected" and lines[0]["client"]
@@ -238,7 +237,7 @@ def test_huge_header_is_refused_431_at_the_limit_and_livez_stays_responsive(serv
     def probe() -> None:
         while not stop.is_set():
             livez.append(httpx.get(f"{server.base_url}/livez", timeout=3).status_code)
-            time.sleep(0.05)
+            time.sleep(0.05)  # probe pace
 
     prober = threading.Thread(target=probe)
     prober.start()
@@ -256,8 +255,8 @@ def test_huge_header_is_refused_431_at_the_limit_and_livez_stays_responsive(serv
     assert _status_line(response) == b"HTTP/1.1 431 Request Header Fields Too Large", response[:200]
     assert b'"request_header_too_large"' in response
     assert livez and set(livez) == {200}
-    assert _metric(server, 'pose_requests_total{endpoint="unmatched",status="431"}') >= 1
-    assert _metric(server, 'pose_errors_total{code="request_header_too_large"}') >= 1
+    assert _metric(server, "pose_requests_total", endpoint="unmatched", status="431") >= 1
+    assert _metric(server, "pose_errors_total", code="request_header_too_large") >= 1
     refusal = [r for r in server.log_records() if r.get("error_code") == "request_header_too_large"]
     assert refusal and refusal[-1]["client"].startswith("127.0.0.1:") and refusal[-1]["request_id"] != "-"
 
@@ -301,7 +300,7 @@ def test_an_idle_connection_and_an_idle_keep_alive_connection_are_closed(server)
 
 @pytest.mark.integration  # a live server process
 def test_a_dribbled_body_is_cut_with_408_and_counted_as_such(server):
-    before = _metric(server, 'pose_requests_total{endpoint="/v1/pose",status="408"}')
+    before = _metric(server, "pose_requests_total", endpoint="/v1/pose", status="408")
     sock = _connect(server)
     sock.sendall(b"POST /v1/pose HTTP/1.1\r\nHost: test\r\nX-Request-ID: dribble-6\r\nContent-Type: image/jpeg\r\n"
                  b"Content-Length: 100000\r\n\r\n")
@@ -309,17 +308,17 @@ def test_a_dribbled_body_is_cut_with_408_and_counted_as_such(server):
     try:
         for _ in range(100):  # a few bytes per second: the original attack
             sock.sendall(b"x")
-            time.sleep(0.2)
+            time.sleep(0.2)  # the attack itself: a dribbled body
     except OSError:  # the server closed the connection
         answer = _read_until_closed(sock)
     sock.close()
     assert _status_line(answer) == b"HTTP/1.1 408 Request Timeout", answer[:200]
     assert b'"request_id": "dribble-6"' in answer
     deadline = time.monotonic() + 10
-    while _metric(server, 'pose_requests_total{endpoint="/v1/pose",status="408"}') < before + 1:
+    while _metric(server, "pose_requests_total", endpoint="/v1/pose", status="408") < before + 1:
         assert time.monotonic() < deadline, _metric_lines(server, "pose_requests_total")
-        time.sleep(0.1)
-    assert _metric(server, 'pose_requests_total{endpoint="/v1/pose",status="500"}') == 0
+        time.sleep(0.1)  # poll interval
+    assert _metric(server, "pose_requests_total", endpoint="/v1/pose", status="500") == 0
     lines = [r for r in server.log_records() if r["request_id"] == "dribble-6"]
     assert len(lines) == 1 and lines[0]["status"] == 408 and lines[0]["error_code"] == "request_timeout", lines
     _no_tracebacks(server)
@@ -334,7 +333,7 @@ def test_a_slow_but_steady_upload_is_not_cut(server):
     step = max(1, len(body) // 8)
     for offset in range(0, len(body), step):  # spread over ~1.6 s, well over the minimum rate
         sock.sendall(body[offset : offset + step])
-        time.sleep(0.2)
+        time.sleep(0.2)  # the slow client under test: a steady, slow upload
     assert _status_line(_read_until_closed(sock)) == b"HTTP/1.1 200 OK"
     sock.close()
 
@@ -372,13 +371,13 @@ def test_pipelined_requests_still_answer_in_order_through_the_limited_protocol(s
 def test_invalid_http_is_refused_counted_and_logged_with_the_client(server):
     """'Also seen': uvicorn's "Invalid HTTP request received." lines had no request ID or client. A smuggling
     attempt (Content-Length and Transfer-Encoding together, refused in the first round) must stay refused."""
-    before = _metric(server, 'pose_requests_total{endpoint="unmatched",status="400"}')
+    before = _metric(server, "pose_requests_total", endpoint="unmatched", status="400")
     sock = _connect(server)
     sock.sendall(b"POST /v1/pose HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
                  b"0\r\n\r\nGET /livez HTTP/1.1\r\nHost: test\r\n\r\n")
     answer = _read_until_closed(sock)
     sock.close()
     assert _status_line(answer) == b"HTTP/1.1 400 Bad Request" and answer.count(b"HTTP/1.1 ") == 1, answer
-    assert _metric(server, 'pose_requests_total{endpoint="unmatched",status="400"}') == before + 1
+    assert _metric(server, "pose_requests_total", endpoint="unmatched", status="400") == before + 1
     invalid = [r for r in server.log_records() if r["message"].startswith("Invalid HTTP request")]
     assert invalid and invalid[-1]["client"].startswith("127.0.0.1:")

@@ -93,7 +93,7 @@ async def open_loop(base_url: str, image: bytes, boxes: str, rate: float, second
         for i in range(total):
             delay = started + i / rate - time.monotonic()
             if delay > 0:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay)  # the open loop's pace is the attack: requests on a clock, not on answers
             tasks.append(asyncio.create_task(one_request(client, image, boxes, outcome)))
         await asyncio.gather(*tasks)
     return outcome

@@ -126,6 +126,13 @@ class Prometheus:
                 return result
             time.sleep(0.5)
 
+    def wait_for(self, expr: str, timeout_s: float = QUERY_RETRY_S) -> None:
+        """Until `expr` (a PromQL filter such as `x >= 56`) selects something: a scrape has brought the data."""
+        deadline = time.monotonic() + timeout_s
+        while not self.query(expr):
+            assert time.monotonic() < deadline, f"{expr}: still empty after {timeout_s} s"
+            time.sleep(0.25)  # poll interval
+
     def get(self, path: str, **params) -> dict:
         response = self.client.get(path, params=params)
         assert response.status_code == 200, response.text
@@ -133,9 +140,15 @@ class Prometheus:
 
 
 # -- the stack -----------------------------------------------------------------------------------------------
-def send_load(base_url: str) -> dict[int, int]:
+def scraped(prometheus: Prometheus, requests: int) -> None:
+    """Until Prometheus has scraped at least `requests` answered /v1 requests."""
+    prometheus.wait_for(f'sum(pose_requests_total{{job="{JOB}",endpoint=~"/v1/.*"}}) >= {requests}')
+
+
+def send_load(base_url: str, prometheus: Prometheus) -> dict[int, int]:
     """A short burst of real requests: single images with 0-3 boxes, batches, renders, and one corrupt image.
-    Concurrent, so the micro-batcher forms batches of more than one crop."""
+    Concurrent, so the micro-batcher forms batches of more than one crop. Twice, the second burst once Prometheus
+    has scraped the first: rates then see an increase inside their window."""
     images = [jpeg_bytes(seed=seed) for seed in range(4)]
     box_sets = [None, [[10, 20, 100, 180]], [[5, 5, 60, 120], [70, 30, 80, 200]],
                 [[0, 0, 50, 100], [40, 40, 90, 190], [100, 10, 50, 120, 0.8]]]
@@ -158,11 +171,10 @@ def send_load(base_url: str) -> dict[int, int]:
 
     calls = [single] * 48 + [batch] * 4 + [render] * 2 + [corrupt] * 2
     with httpx.Client(base_url=base_url, timeout=30) as client, ThreadPoolExecutor(max_workers=8) as pool:
-        for round_ in range(2):  # two bursts a few scrapes apart: rates see an increase inside their window
+        for round_ in range(2):
             for status in pool.map(lambda pair: pair[1](pair[0]), enumerate(calls)):
                 statuses[status] = statuses.get(status, 0) + 1
-            if round_ == 0:
-                time.sleep(2.5)
+            scraped(prometheus, (round_ + 1) * len(calls))
     return statuses
 
 
@@ -200,10 +212,11 @@ def stack(tiny_onnx: Path, tmp_path_factory):
                     pass
                 assert time.monotonic() < deadline, f"prometheus not scraping:\n{log_path.read_text()[-3000:]}"
                 time.sleep(0.25)
-            statuses = send_load(server.base_url)
+            statuses = send_load(server.base_url, prometheus)
             assert statuses.get(200, 0) >= 100, statuses
             assert statuses.get(400, 0) >= 1, statuses  # the corrupt images: pose_errors_total{code=...}
-            time.sleep(3)  # three more scrapes and rule evaluations
+            # the recording rules have evaluated over the scraped load (each test still retries its own query)
+            prometheus.wait_for(f'job:pose_crops:rate5m{{job="{JOB}"}} > 0')
             yield prometheus, server
         finally:
             process.terminate()

@@ -22,11 +22,11 @@ from model_export.checkpoint import file_sha256
 from model_export.configs import get_config
 from model_export.export import export_onnx
 from model_export.hrnet import build_hrnet
-from model_export.quantize.agreement import measure_agreement, run_model
+from model_export.quantize.agreement import compare_heatmaps, run_model
 from model_export.quantize.calibration import make_crops, read_person_boxes, split_images
 from model_export.quantize.graph import ModelNotQuantizable, upgrade_opset
 from model_export.quantize.quantizer import AgreementTooLow, QuantizeSettings, quantize_model
-from model_export.train import config_with_input
+from model_export.train_setup import config_with_input
 from posecore.backend import OrtBackend
 from posecore.modelcard import ModelCard, card_path_for, read_card
 from service.main import create_app
@@ -147,8 +147,9 @@ def test_agreement_is_measured_and_a_broken_scale_scores_worse(quantized, fp32_m
     onnx.save(model, str(broken))
     _, held_out = split_images(read_person_boxes(*photos), 0.25, seed=0)
     crops = make_crops(held_out, ModelCard.read(card_path_for(fp32_model)), 4, seed=0)
-    again = measure_agreement(fp32_model, quantized.output, crops)
-    bad = measure_agreement(fp32_model, broken, crops)
+    reference = run_model(fp32_model, crops.inputs)
+    again = compare_heatmaps(reference, run_model(quantized.output, crops.inputs), crops)
+    bad = compare_heatmaps(reference, run_model(broken, crops.inputs), crops)
     assert again.heatmap_sqnr_db == pytest.approx(good.heatmap_sqnr_db, abs=1e-6)
     assert bad.heatmap_sqnr_db < good.heatmap_sqnr_db - 6
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from model_export.evaluate import coco_keypoint_stats
-from posecore.boxes import validate_boxes
+from posecore.boxes import fit_to_image, parse_boxes
 from posecore.geometry import boxes_to_centers_scales, get_affine_transform
 from posecore.heatmaps import decode_heatmaps, rescore_person
 from posecore.imaging import decode_image
@@ -51,7 +51,9 @@ def load_persons(annotations: Path) -> tuple[dict, list[dict]]:
 def persons_heatmaps(image: dict, own: list[dict]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
     """The ideal heatmaps of one image's persons (in the crops their GT boxes give), with the box scores and the
     crops' centers and scales."""
-    boxes, box_scores = validate_boxes([p["bbox"] for p in own], (image["width"], image["height"]), 100)
+    rows = parse_boxes([p["bbox"] for p in own])
+    assert rows is not None
+    boxes, box_scores = fit_to_image(rows, (image["width"], image["height"]))
     centers, scales = boxes_to_centers_scales(boxes, aspect_ratio=ASPECT_RATIO)
     heatmaps = []
     for person, center, scale in zip(own, centers, scales, strict=True):

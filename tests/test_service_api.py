@@ -9,13 +9,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from posecore.backend import ProviderStatus
 from posecore.coco import KEYPOINT_NAMES, SKELETON
-from posecore.modelcard import ModelCard
 from service.main import create_app
 from service.render import LIMB_COLOR
 from service.settings import Settings
-from service.state import LoadedModel
+from tests.fakes import PeakBackend, app_with
 from tests.helpers import assert_error, decode_rgb, jpeg_bytes, png_bytes
 
 STAGES = {"decode", "preprocess", "queue", "inference", "postprocess"}
@@ -160,36 +158,8 @@ LIMB_PEAKS = {5: (12, 16), 7: (36, 48)}  # heatmap (x, y) of the two joints; eve
 GRAY = 128
 
 
-class PeakBackend:
-    """A backend whose heatmaps hold one peak of `peak` per joint of LIMB_PEAKS and zeros elsewhere, so the
-    decoded keypoints (and the one limb between them) land at places the test controls."""
-
-    input_hw = (256, 192)
-    heatmap_hw = (64, 48)
-    num_keypoints = len(KEYPOINT_NAMES)
-    max_batch_size = 4
-    batch_sizes = (1, 2, 3, 4)
-    provider = "CPUExecutionProvider"
-    status = ProviderStatus("cpu", "CPUExecutionProvider", ok=True)
-
-    def __init__(self, peak: float) -> None:
-        self.peak = peak
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        heatmaps = np.zeros((len(batch), self.num_keypoints, *self.heatmap_hw), np.float32)
-        for joint, (x, y) in LIMB_PEAKS.items():
-            heatmaps[:, joint, y, x] = self.peak
-        return heatmaps
-
-    def warmup(self) -> None:
-        pass
-
-
 def peak_client(peak: float) -> TestClient:
-    backend = PeakBackend(peak)
-    card = ModelCard.official_defaults("peaks", backend.input_hw, backend.heatmap_hw)
-    model = LoadedModel(backend, card, card_found=True, provider_status=backend.status)
-    return TestClient(create_app(Settings(model_path="unused.onnx"), model=model))
+    return TestClient(app_with(PeakBackend(peak, LIMB_PEAKS)))
 
 
 def colours_along(image: np.ndarray, start: np.ndarray, end: np.ndarray, offset_px: float = 0.0) -> np.ndarray:

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import time
 
 import httpx
 import pytest
 
-from tests.helpers import assert_error, jpeg_bytes
+from tests.helpers import assert_error, jpeg_bytes, metric_value
 from tests.live_server import LiveServer
 
 pytestmark = pytest.mark.integration  # real server processes
@@ -23,18 +22,13 @@ BOXES_PER_REQUEST = 12  # 96 crops of the tiny model: about 1.6 s of single-thre
 SHUTDOWN_DELAY_S = 0.5  # shorter than the work in flight, so both the delay and uvicorn's drain are exercised
 
 
-def metric(text: str, name: str, labels: str = "") -> float:
-    match = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
 async def wait_until_admitted(client: httpx.AsyncClient, crops: int, timeout_s: float = 10.0) -> None:
     """Until every in-flight request's crops are admitted by the batcher (queued, running or answered)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         text = (await client.get("/metrics")).text
-        answered = metric(text, "pose_requests_total", '{endpoint="/v1/pose",status="200"}')
-        if metric(text, "pose_inflight_crops") + answered * BOXES_PER_REQUEST >= crops:
+        answered = metric_value(text, "pose_requests_total", endpoint="/v1/pose", status="200")
+        if metric_value(text, "pose_inflight_crops") + answered * BOXES_PER_REQUEST >= crops:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"the {crops} crops were not admitted within {timeout_s} s")

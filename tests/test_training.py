@@ -32,7 +32,8 @@ from model_export.evaluate import LocalRunner, ServiceRunner, evaluate
 from model_export.export import export_onnx
 from model_export.hrnet import HRNet, build_hrnet
 from model_export.loss import JointsMSELoss
-from model_export.train import TrainSettings, build_train_set, config_with_input, train
+from model_export.train import TrainSettings, build_train_set, train
+from model_export.train_setup import config_with_input
 from posecore import coco
 from posecore.geometry import get_affine_transform
 from posecore.heatmaps import get_max_preds

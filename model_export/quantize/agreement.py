@@ -87,11 +87,3 @@ def run_model(model_path: Path, inputs: np.ndarray, max_batch: int = 8) -> np.nd
     backend = OrtBackend(model_path, provider="cpu", max_batch=max_batch)
     step = backend.batch_sizes[-1]
     return np.concatenate([backend.infer(inputs[i:i + step]) for i in range(0, len(inputs), step)])
-
-
-def measure_agreement(float_model: Path, quantized_model: Path, crops: CropSet,
-                      reference: np.ndarray | None = None) -> Agreement:
-    """Agreement of `quantized_model` with `float_model` on `crops` (pass `reference` to reuse float heatmaps)."""
-    if reference is None:
-        reference = run_model(float_model, crops.inputs)
-    return compare_heatmaps(reference, run_model(quantized_model, crops.inputs), crops)

@@ -2,8 +2,8 @@
 
 Person boxes come from an annotations JSON: COCO (`images[].file_name`, `annotations[].bbox`, crowd boxes skipped)
 or the `people` index of ../shared/data (`images[].file`, `images[].person_boxes_xywh`). Each image is decoded by
-`posecore.imaging.decode_image` and each box goes through `posecore.geometry` (box -> center/scale -> affine crop ->
-normalise) exactly as a request's would, so calibration sees what the served model sees. Images, not crops, are
+`posecore.imaging.decode_image` and its boxes go through the service's own `PoseCodec.crops` (box -> center/scale
+-> affine crop -> normalise), so calibration sees exactly what the served model sees. Images, not crops, are
 split into calibration and held-out sets, so no photo's persons land on both sides.
 """
 
@@ -19,7 +19,8 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from model_export.data.validation import InputDataError, check_boxes_index, check_coco_boxes
-from posecore import geometry
+from posecore.boxes import parse_boxes
+from posecore.codec import PoseCodec
 from posecore.errors import PoseError
 from posecore.imaging import decode_image
 from posecore.modelcard import ModelCard
@@ -118,18 +119,19 @@ def make_crops(images: Sequence[AnnotatedImage], card: ModelCard, max_crops: int
     for index in chosen:
         i, j = pairs[index]
         by_image.setdefault(i, []).append(j)
-    input_wh = (card.input.width, card.input.height)
+    codec = PoseCodec(card)  # the service's own crops: one code path, no copy to drift
     inputs, centers, scales, names = [], [], [], []
     for i, box_indices in by_image.items():
         image = _read_rgb(images[i].path)
-        boxes = images[i].boxes_xywh[box_indices]
-        c, s = geometry.boxes_to_centers_scales(boxes, aspect_ratio=input_wh[0] / input_wh[1])
-        crops = np.stack([geometry.crop_person(image, center, scale, input_wh)
-                          for center, scale in zip(c, s, strict=True)])
-        inputs.append(geometry.normalize_crops(crops, card.input.mean, card.input.std, card.input.value_scale,
-                                               bgr=card.input.color_order.upper() == "BGR"))
-        centers.append(c)
-        scales.append(s)
+        rows = parse_boxes(images[i].boxes_xywh[box_indices])
+        assert rows is not None
+        try:
+            prepared = codec.crops(image, rows, flip=False)
+        except PoseError as error:
+            raise CalibrationDataError(f"{images[i].path}: {error.message}") from None
+        inputs.append(prepared.inputs)
+        centers.append(prepared.centers)
+        scales.append(prepared.scales)
         names.append(images[i].path.name)
     return CropSet(np.concatenate(inputs), np.concatenate(centers), np.concatenate(scales), names)
 

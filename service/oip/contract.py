@@ -4,8 +4,8 @@ the mapping between infer tensors and the service's own PoseRequests / PoseResul
 Inputs: `image` BYTES [B] (encoded JPEG, PNG, WebP or BMP files); optional `boxes` FP32 [N, 4|5] (x, y, w, h and
 an optional score; x1, y1, x2, y2 with the request parameter box_format=xyxy); where B > 1, `box_image_index`
 INT32 [N] says which image each box belongs to. With `boxes` given, an image that no box points at has nobody
-in it; without `boxes`, every image is as /v1/pose without boxes. Request parameters: `flip`, `box_format` (and
-`detect`), read by the same field table as /v1 (service/request.py).
+in it; without `boxes`, every image is as /v1/pose without boxes. Request parameters: the /v1 options
+(`box_format`, `flip`, `detect`), read by the same field table as /v1 (service/request.py).
 Outputs, one row per person, images in order: `keypoints` FP32 [P, K, 3] (x, y, score in image pixels), `boxes`
 FP32 [P, 4] (x, y, w, h), `scores` FP32 [P], `image_index` INT32 [P].
 """

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from service.oip.contract import BOX_IMAGE_INDEX, BOXES, IMAGE
+from service.oip.contract import BOX_IMAGE_INDEX, BOXES, CALL_FIELDS, IMAGE
 from service.oip.tensors import BYTES, NUMPY_TYPES
 
 
@@ -68,12 +68,20 @@ class ModelConfig(BaseModel):
 # The infer request is read by service/oip/tensors.py itself (its binary form is no JSON), so its schema is
 # written out here, inline, for OpenAPI and the schema fuzzing.
 _OBJECT = {"type": "object", "additionalProperties": True}
+
+
+def _parameter(name: str, schema: dict[str, Any]) -> str:
+    kind = "bool" if schema.get("type") == "boolean" else " or ".join(map(repr, schema.get("enum", ())))
+    return f"{name} ({kind})"
+
+
+# the request options of the /v1 field table, then the protocol's own
+PARAMETERS = ", ".join([*(_parameter(f.name, f.schema) for f in CALL_FIELDS.values()), "binary_data_output (bool)"])
 INFER_REQUEST_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["inputs"],
     "properties": {
         "id": {"type": "string"},
-        "parameters": {**_OBJECT, "description": "flip (bool), box_format ('xywh' or 'xyxy'), binary_data_output "
-                       "(bool)."},
+        "parameters": {**_OBJECT, "description": PARAMETERS + "."},
         "inputs": {"type": "array", "minItems": 1, "items": {
             "type": "object", "required": ["name", "shape", "datatype"],
             "properties": {"name": {"type": "string", "enum": [IMAGE, BOXES, BOX_IMAGE_INDEX]},
