@@ -1,7 +1,7 @@
 """The third hostile round (issue 18), server side: each test replays an attack as it was found and checks the fix.
 
 Huge JSON from a small body, calls that keep working after they failed or past their deadline, admission that
-reserved nothing, and the minor protocol findings. The fakes are test_admission.py's gated backend and app.
+reserved nothing, and the minor protocol findings. The fakes are tests/fakes.py's.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from service.oip.encoding import inflate
 from service.oip.tensors import header_length
 from service.request import PoseRequest
 from service.serving import DetectorStage, crops_at_most
+from tests.fakes import GatedBackend, app_with
 from tests.helpers import assert_error, jpeg_bytes
-from tests.test_admission import GatedBackend, app_with, boxes
+from tests.test_admission import boxes
 
-INFER = "/v2/models/gated/infer"
+INFER = "/v2/models/fake/infer"  # the fakes' card name
 
 
 def v2_error(response, status: int, code: str) -> str:
