@@ -55,22 +55,38 @@ def limit_arenas(environ: dict[str, str]) -> bool:
     except (OSError, AttributeError):
         mallopt = None
     return bool(mallopt is not None and mallopt(M_ARENA_MAX, ARENAS) == 1)
-_trimming = threading.Lock()
+
+
+_state = threading.Lock()
+_running = False  # a trim thread is at work
+_again = False  # a large request finished while it was: trim once more, after it
 
 
 def release_after(size_bytes: int) -> bool:
-    """Trim the allocator in the background when `size_bytes` was large. True when a trim was started."""
-    if _TRIM is None or size_bytes < TRIM_AFTER_BYTES or not _trimming.acquire(blocking=False):
+    """Trim the allocator in the background when `size_bytes` was large. True when a trim was started or queued
+    (one thread at a time; a request that finishes during a trim gets one more, so the last one is never lost)."""
+    global _running, _again
+    if _TRIM is None or size_bytes < TRIM_AFTER_BYTES:
         return False
+    with _state:
+        if _running:
+            _again = True
+            return True
+        _running = True
     threading.Thread(target=_trim, name="malloc-trim", daemon=True).start()
     return True
 
 
 def _trim() -> None:
-    try:
-        assert _TRIM is not None
-        _TRIM(0)
-    except Exception:  # never let housekeeping fail a request
-        log.exception("malloc_trim failed")
-    finally:
-        _trimming.release()
+    global _running, _again
+    while True:
+        try:
+            assert _TRIM is not None
+            _TRIM(0)
+        except Exception:  # never let housekeeping fail a request
+            log.exception("malloc_trim failed")
+        with _state:
+            if not _again:
+                _running = False
+                return
+            _again = False

@@ -170,7 +170,7 @@ class PoseService:
             finding = held.enter_context(detection.batcher.announce(1)) if detection is not None else None
             image_held = held.enter_context(contextlib.ExitStack())  # the decoded image's lifetime
             pixels = image_held.enter_context(self.pixels.reserve(opened.pixels))
-            image = await self._in_worker(deadline, _timed(timings, Stage.DECODE, decode_opened), opened.header,
+            image = await self._in_worker(deadline, _timed(timings, Stage.DECODE, _decode), opened.header,
                                           holding=pixels)
             height, width = image.shape[:2]
             if request.boxes is not None:
@@ -274,6 +274,15 @@ def crops_at_most(request: PoseRequest, detection: DetectorStage | None) -> int:
     if detection is not None and request.detect:
         return detection.detector.max_boxes * views
     return views
+
+
+def _decode(header: Image.Image) -> np.ndarray:
+    """The image's RGB pixels; Pillow's own decoded buffer is closed at once (the array is a copy), not when the
+    call ends: 4 bytes a pixel less held while the crops are computed."""
+    try:
+        return decode_opened(header)
+    finally:
+        header.close()
 
 
 def _timed(timings: dict[Stage, float], stage: Stage, fn: Callable[..., T]) -> Callable[..., T]:
