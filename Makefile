@@ -23,10 +23,23 @@ else
 MODEL ?= models/hrnet_$(ARCH).onnx
 MAKE_MODEL = export --arch $(ARCH) --random-init --output $(MODEL)
 endif
+# The person detector for photos sent without boxes (optional):
+#   DETECTOR=yolox_s_8x8_300e_coco      a registry name (kind detector): fetched, verified, exported to
+#                                       models/NAME.onnx + its detector card; DETECTOR_FETCH_ARGS passes more;
+#   DETECTOR=path/to/detector.onnx      a detector ONNX you have (its card NAME.json beside it);
+#   unset                               no detector: a request without boxes is one person, the whole image.
+DETECTOR ?=
+DETECTOR_FETCH_ARGS ?=
+ifneq ($(filter %.onnx,$(DETECTOR)),)
+DETECTOR_MODEL := $(DETECTOR)
+else ifneq ($(DETECTOR),)
+DETECTOR_MODEL := models/$(DETECTOR).onnx
+endif
+SERVE_DETECTOR := $(if $(DETECTOR_MODEL),--detector $(DETECTOR_MODEL),)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install model serve test test-fast test-slow test-tools bench lint typecheck lock test-image
+.PHONY: install model detector serve test test-fast test-slow test-tools bench lint typecheck lock test-image
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +55,20 @@ $(MODEL): | $(VENV)/.installed
 
 model: $(MODEL)
 
-serve: $(VENV)/.installed $(MODEL)
-	$(PY) -m service --model $(MODEL) --host $(HOST) --port $(PORT)
+ifneq ($(DETECTOR),)
+ifeq ($(filter %.onnx,$(DETECTOR)),)
+$(DETECTOR_MODEL): | $(VENV)/.installed
+	$(PY) -m model_export fetch $(DETECTOR) $(DETECTOR_FETCH_ARGS) --output $(DETECTOR_MODEL)
+else
+$(DETECTOR_MODEL):
+	@echo "DETECTOR=$(DETECTOR): no such file (give a detector ONNX path or a registry name)" >&2; exit 1
+endif
+endif
+
+detector: $(DETECTOR_MODEL)
+
+serve: $(VENV)/.installed $(MODEL) $(DETECTOR_MODEL)
+	$(PY) -m service --model $(MODEL) $(SERVE_DETECTOR) --host $(HOST) --port $(PORT)
 
 # The system tools the full suite drives for real: Chromium (the browser test), Prometheus and promtool,
 # docker-compose, yamllint, hadolint, kubectl, the CRD schemas. As root (CI, a fresh container) `make test`

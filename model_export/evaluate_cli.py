@@ -18,6 +18,7 @@ from model_export.evaluate import (
     evaluate,
     format_stats,
 )
+from model_export.fetch.detector_source import resolve_detector
 from posecore.backend import ModelLoadError
 from posecore.contract import DEFAULT_MAX_BOXES
 from posecore.detection import PersonDetector
@@ -74,8 +75,9 @@ def add_evaluate_parser(subparsers: Any) -> None:
     boxes_from = parser.add_mutually_exclusive_group()
     boxes_from.add_argument("--detections", type=Path, default=None, metavar="FILE",
                             help="COCO detection results for the person boxes (default: ground-truth boxes)")
-    boxes_from.add_argument("--detector", type=Path, default=None, metavar="PATH.onnx",
-                            help="find the person boxes with this detector ONNX (its card NAME.json beside it)")
+    boxes_from.add_argument("--detector", default=None, metavar="NAME_OR_PATH",
+                            help="find the person boxes with this detector: an ONNX file (its card NAME.json "
+                                 "beside it) or a registry name (kind detector), fetched and exported to models/")
     parser.add_argument("--detector-threshold", type=float, default=None, metavar="S",
                         help="--detector's score threshold (default: its card's, 0.3 without one; AP as the "
                              "official protocol counts low-scored boxes too, e.g. 0.01)")
@@ -118,7 +120,7 @@ def run_evaluate_command(args: Any) -> int:
     runner: ServiceRunner | LocalRunner | None = None
     try:
         detector = None if args.detector is None else PersonDetector(
-            args.detector, score_threshold=args.detector_threshold, provider=args.provider,
+            resolve_detector(args.detector), score_threshold=args.detector_threshold, provider=args.provider,
             intra_op_threads=args.threads)
         if args.url:
             runner = ServiceRunner(args.url, api_key=args.api_key, max_boxes=args.max_boxes)

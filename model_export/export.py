@@ -28,6 +28,7 @@ from model_export.checkpoint import (
     read_checkpoint_config,
     read_checkpoint_file,
 )
+from model_export.checks import ExportCheckFailed
 from model_export.configs import HRNetConfig, get_config
 from model_export.hrnet import HRNet, build_hrnet
 from posecore.modelcard import UNTRAINED_WARNING, InputSpec, ModelCard, OutputSpec, WeightsInfo, card_path_for
@@ -45,10 +46,6 @@ CHECK_SEED = 1234
 # wrong op or weight gives errors of order 1. The bound is relative because random-init heatmaps are ~1e-10,
 # where any absolute floor would accept anything (float arithmetic is scale-free, so relative stays meaningful).
 RELATIVE_TOLERANCE = 1e-3
-
-
-class ExportCheckFailed(RuntimeError):
-    """ONNX Runtime disagrees with torch beyond the tolerance."""
 
 
 class ExportLog(logging.LoggerAdapter):

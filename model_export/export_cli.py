@@ -19,6 +19,8 @@ from model_export.export import (
     ExportCheckFailed,
     export_onnx,
 )
+from model_export.yolox.cli import run_detector_export
+from model_export.yolox.configs import YOLOX_ARCHS, is_yolox_arch
 from posecore.modelcard import card_path_for
 
 EXPORT_DESCRIPTION = f"""\
@@ -52,6 +54,10 @@ Real weights, from an official checkpoint to a running service:
          --checkpoint pose_hrnet_w32_256x192.pth --output models/hrnet_w32_256x192.onnx
   3. python -m service --model models/hrnet_w32_256x192.onnx   (or: make serve)
 A checkpoint of another architecture is refused with a short list of missing/unexpected keys.
+
+The person detector: --arch yolox_tiny|yolox_s|yolox_m|yolox_l|yolox_x with a Megvii (`{'model': ...}`) or
+mmdetection (`{'state_dict': ...}`) YOLOX checkpoint writes the official YOLOX ONNX layout (input `images`,
+output `output`, dynamic batch) and its detector card, which names the letterbox the weights expect.
 """
 
 
@@ -60,8 +66,9 @@ def add_export_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "export", help="HRNet checkpoint (or UNTRAINED random init) -> ONNX + model card",
         description=EXPORT_DESCRIPTION, epilog=EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=ARCHS,
-                        help="architecture; optional when the checkpoint carries its config")
+    parser.add_argument("--arch", choices=ARCHS + YOLOX_ARCHS,
+                        help="architecture (yolox_* exports the person detector, official YOLOX ONNX layout + "
+                             "detector card); optional for HRNet when the checkpoint carries its config")
     weights = parser.add_mutually_exclusive_group(required=True)
     weights.add_argument("--checkpoint", type=Path, metavar="PATH",
                          help="official / mmpose checkpoint (.pth), or a checkpoint.pt of `train` (its arch "
@@ -85,6 +92,8 @@ def run_export_command(args: Any) -> int:
         args.parser.error("--seed only applies to --random-init")
     if args.arch is None and args.random_init:
         args.parser.error("--random-init needs --arch")
+    if is_yolox_arch(args.arch):
+        return run_detector_export(args)
     output = args.output
     try:
         if output is None:  # models/hrnet_ARCH.onnx, ARCH from the checkpoint when it carries its config

@@ -27,6 +27,7 @@ class Stage(str, Enum):
     person detector."""
 
     DECODE = "decode"
+    VIDEO = "video"  # a video frame's decoding (the /v1/pose/video lines and summary), in place of decode
     DETECT = "detect"
     PREPROCESS = "preprocess"
     QUEUE = "queue"

@@ -32,6 +32,13 @@ ERROR_STATUS: dict[str, int] = {
     "image_too_large": 413,
     "image_too_many_pixels": 413,
     "image_too_complex": 422,  # decodable, but far more decoding work than its pixels suggest (scans, chunks)
+    # the video (POST /v1/pose/video, /v1/pose/video/render)
+    "invalid_video": 400,  # no container, no video stream, or undecodable frames
+    "unsupported_video_format": 415,
+    "video_too_large": 413,  # POSE_MAX_VIDEO_BYTES
+    "video_too_long": 413,  # POSE_MAX_VIDEO_FRAMES: refused whole, never cut
+    "video_too_many_pixels": 413,  # POSE_MAX_VIDEO_PIXELS, per frame
+    "video_too_complex": 422,  # decoding ran over POSE_MAX_VIDEO_DECODE_S
     # load and time
     "overloaded": 429,
     "not_ready": 503,

@@ -46,6 +46,13 @@ class Metrics:
         self.inflight_crops = Gauge(
             "pose_inflight_crops", "Crops admitted and not yet answered (queued + running).", registry=r
         )
+        # video calls and live streams (service/video/)
+        self.video_frames = Counter("pose_video_frames", "Video and stream frames answered.", ["source"], registry=r)
+        self.video_tracks = Counter("pose_video_tracks", "Track IDs started (people who appeared).", ["source"],
+                                    registry=r)
+        self.video_dropped_frames = Counter("pose_video_dropped_frames", "Live-stream frames dropped for a slow "
+                                            "consumer.", registry=r)
+        self.videos_active = Gauge("pose_videos_active", "Video calls and live streams being served.", registry=r)
         self.ready = Gauge("pose_ready", "1 when the model is loaded, warmed up and serving.", registry=r)
         self.model_info = Gauge(
             "pose_model_info", "The served model (value is always 1).",

@@ -144,6 +144,12 @@ class AccessControlMiddleware:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket":  # a live stream: the same keys; refused before the handshake completes
+            if self.api_keys and not self._key_ok(dict(scope["headers"])):
+                self.metrics.count_error("unauthorized")
+                await send({"type": "websocket.close", "code": 1008, "reason": "a valid API key is required"})
+                return None
+            return await self.app(scope, receive, send)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         refusal = self._refusal(scope, dict(scope["headers"]))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from posecore.codec import PersonPose
 from posecore.contract import BatchItemResult, BatchResponse, ModelInfo, PoseResponse, Stage
 from posecore.errors import PoseError
 from service.serving import PoseResult
@@ -26,17 +27,7 @@ def timings_ms(timings_s: Mapping[Stage, float]) -> dict[str, float]:
 def pose_response(result: PoseResult, model: ModelInfo, keypoint_names: Sequence[str]) -> PoseResponse:
     """One image's answer. Validated in one pass from plain values (the per-keypoint objects are pydantic's, not
     built one by one here): a NaN or a wrong box length is refused here, as our fault."""
-    persons = []
-    for person in result.persons:
-        kps = person.keypoints.tolist()
-        persons.append({
-            "box": person.box.tolist(),
-            "box_score": float(person.box_score),
-            "score": float(person.score),
-            "keypoints": [{"name": n, "x": k[0], "y": k[1], "score": k[2]}
-                          for n, k in zip(keypoint_names, kps, strict=True)],
-            "coco_keypoints": [v for k in kps for v in k],
-        })
+    persons = [person_fields(person, keypoint_names) for person in result.persons]
     width, height = result.image_wh
     return PoseResponse.model_validate({
         "image": {"width": width, "height": height},
@@ -45,6 +36,19 @@ def pose_response(result: PoseResult, model: ModelInfo, keypoint_names: Sequence
         "persons": persons,
         "timings_ms": timings_ms(result.timings_s),
     })
+
+
+def person_fields(person: PersonPose, keypoint_names: Sequence[str]) -> dict:
+    """One person's fields of the contract's Person, as plain values (the video answers add a track ID)."""
+    kps = person.keypoints.tolist()
+    return {
+        "box": person.box.tolist(),
+        "box_score": float(person.box_score),
+        "score": float(person.score),
+        "keypoints": [{"name": n, "x": k[0], "y": k[1], "score": k[2]}
+                      for n, k in zip(keypoint_names, kps, strict=True)],
+        "coco_keypoints": [v for k in kps for v in k],
+    }
 
 
 def batch_item(index: int, outcome: PoseResult | PoseError, model: ModelInfo,

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from posecore.boxes import fit_to_image, whole_image_box
-from posecore.codec import PersonPose, PoseCodec
+from posecore.codec import PersonPose, PoseCodec, Prepared
 from posecore.contract import Stage
 from posecore.detection import PersonDetector
 from posecore.errors import PoseError
@@ -185,24 +185,52 @@ class PoseService:
             if draw is None:  # the full image is not needed any more: its pixels go back now
                 del image
                 image_held.close()
-            if len(prepared.inputs):
-                batch = await self.batcher.submit(prepared.inputs, deadline, crops)
-                maps = batch.outputs
-                timings |= {Stage.QUEUE: batch.queue_s, Stage.INFERENCE: batch.inference_s}
-            else:  # an explicit empty box list, or nobody detected: nobody to look at
-                crops.release()
-                maps = np.zeros((0,), np.float32)
-                timings |= {Stage.QUEUE: 0.0, Stage.INFERENCE: 0.0}
-            # off the event loop too: with many boxes and the flip test, decoding takes tens of milliseconds
-            persons = await self._in_worker(deadline, _timed(timings, Stage.POSTPROCESS, self.codec.persons),
-                                            prepared, maps)
+            persons = await self._persons(prepared, crops, deadline, timings)
             encoded = None
             if draw is not None:
                 encoded = await self._in_worker(deadline, draw, image, persons, holding=pixels)
         self._record(timings, len(persons))
         return PoseResult(prepared.image_wh, prepared.flip, persons, timings), encoded
 
-    async def _find_people(self, detection: DetectorStage, image: np.ndarray, pixels: PixelReservation,
+    async def _persons(self, prepared: Prepared, crops: Announcement, deadline: float,
+                       timings: dict[Stage, float]) -> list[PersonPose]:
+        """The crops through the pose batcher (their reservation becomes the queued job), then the persons."""
+        if len(prepared.inputs):
+            batch = await self.batcher.submit(prepared.inputs, deadline, crops)
+            maps = batch.outputs
+            timings |= {Stage.QUEUE: batch.queue_s, Stage.INFERENCE: batch.inference_s}
+        else:  # an explicit empty box list, or nobody detected: nobody to look at
+            crops.release()
+            maps = np.zeros((0,), np.float32)
+            timings |= {Stage.QUEUE: 0.0, Stage.INFERENCE: 0.0}
+        # off the event loop too: with many boxes and the flip test, decoding takes tens of milliseconds
+        return await self._in_worker(deadline, _timed(timings, Stage.POSTPROCESS, self.codec.persons), prepared, maps)
+
+    # -- a decoded video frame -------------------------------------------------------------------------------
+    async def estimate_frame(self, image: np.ndarray, boxes: np.ndarray | None, flip: bool,
+                             deadline: float) -> PoseResult:
+        """A decoded RGB frame through the same detector, crops, batcher and heatmap decoding as an image (so its
+        keypoints equal those of the frame POSTed as a PNG). `boxes` None: the detector finds the people (the
+        whole frame is one person without one). `deadline` is the whole video's. Its crops (the detector's most,
+        when detecting) are reserved first, as an image's."""
+        detection = self.detection if boxes is None else None
+        views = 2 if flip else 1
+        height, width = image.shape[:2]
+        timings: dict[Stage, float] = {}
+        with contextlib.ExitStack() as held:
+            crops = held.enter_context(self.batcher.announce(_crops_at_most(boxes, detection, flip)))
+            if detection is not None:
+                finding = held.enter_context(detection.batcher.announce(1))
+                boxes = await self._find_people(detection, image, None, finding, deadline, timings)
+                crops.shrink(len(boxes) * views)
+            frame_boxes = whole_image_box((width, height)) if boxes is None else boxes
+            prepared = await self._in_worker(deadline, _timed(timings, Stage.PREPROCESS, self.codec.crops), image,
+                                             frame_boxes, flip)
+            persons = await self._persons(prepared, crops, deadline, timings)
+        self._record(timings, len(persons))
+        return PoseResult(prepared.image_wh, prepared.flip, persons, timings)
+
+    async def _find_people(self, detection: DetectorStage, image: np.ndarray, pixels: PixelReservation | None,
                            finding: Announcement, deadline: float, timings: dict[Stage, float]) -> np.ndarray:
         """The detection step: the image letterboxed, the detector's batcher, its rows decoded to person boxes."""
         started = time.perf_counter()
@@ -268,10 +296,14 @@ class PoseService:
 def crops_at_most(request: PoseRequest, detection: DetectorStage | None) -> int:
     """The crops a request may submit: its boxes', or with the detector to run, the most it keeps (x 2 with the
     flip test). Reserved before its image is decoded, so it is never refused after the work."""
-    views = 2 if request.flip else 1
-    if request.boxes is not None:
-        return len(request.boxes) * views
-    if detection is not None and request.detect:
+    return _crops_at_most(request.boxes, detection if request.detect else None, request.flip)
+
+
+def _crops_at_most(boxes: np.ndarray | None, detection: DetectorStage | None, flip: bool) -> int:
+    views = 2 if flip else 1
+    if boxes is not None:
+        return len(boxes) * views
+    if detection is not None:
         return detection.detector.max_boxes * views
     return views
 

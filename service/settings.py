@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits for more crops.")
     max_queue_crops: int = Field(64, ge=1, description="Committed crops (reserved, queued, running) "
                                  "before 429.")
-    request_timeout_s: float = Field(30.0, gt=0, description="Deadline for one request's crops.")
+    request_timeout_s: float = Field(30.0, gt=0, description="Deadline of one call (all its images), every stage.")
 
     # limits
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest accepted image file.")
@@ -56,6 +56,20 @@ class Settings(BaseSettings):
     )
     max_batch_items: int = Field(32, ge=1, description="Most images in one /v1/pose/batch call.")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest accepted request body.")
+
+    # video (POST /v1/pose/video, /v1/pose/video/render) and live streams (WS /v1/pose/stream)
+    max_video_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest accepted video file (streamed to a "
+                                 "temporary file; POSE_MAX_BODY_BYTES caps it too).")
+    max_video_frames: int = Field(3000, ge=1, description="Most frames in one video; a longer one is refused whole.")
+    max_video_pixels: int = Field(1920 * 1080, ge=1, description="Largest accepted width x height of a video frame.")
+    max_video_decode_s: float = Field(60.0, gt=0, description="Wall-clock budget for decoding one video.")
+    video_timeout_s: float = Field(600.0, gt=0, description="Deadline for one whole video call.")
+    video_frames_in_flight: int = Field(4, ge=1, description="Frames of one video being estimated at once (so "
+                                        "videos share the crop batcher with images instead of flooding it).")
+    max_concurrent_videos: int = Field(4, ge=1, description="Video calls and live streams served at once; beyond "
+                                       "it 429.")
+    stream_queue_frames: int = Field(2, ge=1, description="Frames a live stream holds waiting; a newer frame "
+                                     "pushes out the oldest (counted as dropped).")
 
     # access and hygiene
     api_keys: str = Field("", description="Comma-separated API keys; empty disables auth.")

@@ -29,6 +29,7 @@ class ServiceState:
     batcher: MicroBatcher | None = None
     detection: DetectorStage | None = None
     ready: bool = False
+    videos_active: int = 0  # video calls and live streams being served (POSE_MAX_CONCURRENT_VIDEOS)
     draining: bool = False
     not_ready_reason: str = "starting: the model is not loaded yet"
 

@@ -47,3 +47,25 @@ def test_the_bare_photo_phase_reports_the_detect_stage_and_the_persons_found(tin
     assert summary == {"annotated_persons_per_image": 3.0, "bare_photo_1c_persons_per_image": 2.0,
                        "bare_photo_persons_per_image": 2.0}
     assert "persons found per photo: bare_photo_1c 2.0, bare_photo 2.0" in describe(summary, detector, None)
+
+
+def test_the_bench_detector_is_a_file_or_an_arch_exported_at_bench_time(tmp_path: Path) -> None:
+    from service.bench.detector_model import resolve_bench_detector
+
+    existing = tmp_path / "given.onnx"
+    existing.write_bytes(b"x")
+    assert resolve_bench_detector(str(existing), tmp_path) == existing
+    with pytest.raises(SystemExit, match="detector not found"):
+        resolve_bench_detector(str(tmp_path / "missing.onnx"), tmp_path)
+    with pytest.raises(SystemExit, match=r"neither a file nor an arch model_export can export: .*invalid choice"):
+        resolve_bench_detector("yolox_q", tmp_path)
+
+
+@pytest.mark.slow
+def test_a_seeded_yolox_is_built_and_timed_per_photo(tmp_path: Path) -> None:
+    from service.bench.detector_model import detector_infer_ms, resolve_bench_detector
+
+    path = resolve_bench_detector("yolox_tiny", tmp_path)
+    assert path == tmp_path / "yolox_tiny_seed0.onnx" and path.with_suffix(".json").is_file()
+    timings = detector_infer_ms(path, (1, 2), 0.2)
+    assert set(timings) == {"batch_1", "batch_2"} and all(ms > 0 for ms in timings.values())

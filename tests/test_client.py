@@ -368,11 +368,12 @@ def test_the_package_declares_httpx_as_its_only_dependency() -> None:
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((CLIENT / "pyproject.toml").read_text())["project"]
     assert [re.split(r"[<>=!~\[ ]", d)[0] for d in project["dependencies"]] == ["httpx"]
-    assert set(project["optional-dependencies"]) == {"progress"}
+    assert set(project["optional-dependencies"]) == {"progress", "stream"}  # tqdm; websockets for stream()
 
 
 def test_client_modules_import_only_the_standard_library_and_httpx() -> None:
-    allowed = set(sys.stdlib_module_names) | {"httpx", "pose_client", "tqdm"}  # tqdm: optional, guarded
+    # optional: tqdm (guarded), websockets (imported inside PoseClient.stream only)
+    allowed = set(sys.stdlib_module_names) | {"httpx", "pose_client", "tqdm", "websockets"}
     for module in sorted((CLIENT / "pose_client").glob("*.py")):
         for node in ast.walk(ast.parse(module.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \

@@ -79,8 +79,8 @@ def test_client_options_are_sent_by_their_contract_names() -> None:
 
 def test_a_stage_is_its_name_on_the_wire() -> None:
     """Stages key timings_ms, the Server-Timing header and the stage label: each must read as its bare name."""
-    assert [str(stage) for stage in contract.Stage] == ["decode", "detect", "preprocess", "queue", "inference",
-                                                        "postprocess"]
+    assert [str(stage) for stage in contract.Stage] == ["decode", "video", "detect", "preprocess", "queue",
+                                                        "inference", "postprocess"]
     assert f"{contract.Stage.QUEUE};dur=1" == "queue;dur=1"
     answer = contract.PoseResponse.model_validate({
         "image": {"width": 1, "height": 1}, "flip": False, "persons": [],

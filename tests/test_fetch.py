@@ -166,8 +166,8 @@ def url_request(url: str, digest: str) -> fetcher.WeightsRequest:
 # ---- the registry ----
 
 def test_every_registry_prefix_matches_its_file_name() -> None:
-    entries = load_registry()
-    assert len(entries) == 8 and {e.kind for e in entries} == {"pose"}
+    entries = [e for e in load_registry() if e.kind == "pose"]  # detectors: tests/test_detector_fetch.py
+    assert len(entries) == 8
     for entry in entries:
         assert entry.url.startswith("https://download.openmmlab.com/mmpose/"), entry.name
         assert hash_prefix_in_name(entry.file_name) == entry.sha256_prefix, entry.name
@@ -184,7 +184,7 @@ def test_registry_refuses_an_entry_whose_prefix_contradicts_its_file_name() -> N
 
 def test_registry_archs_match_the_mmpose_configs() -> None:
     """Input size and sigma as in mmpose's td-hm_hrnet-w{32,48}_*_coco-{256x192,384x288}.py codecs."""
-    for entry in load_registry():
+    for entry in (e for e in load_registry() if e.kind == "pose"):
         config = get_config(entry.arch)
         size = (256, 192) if "256x192" in entry.name else (384, 288)
         assert config.input_size == size and config.heatmap_size == (size[0] // 4, size[1] // 4)
@@ -198,13 +198,14 @@ def test_list_json_fields(capsys: pytest.CaptureFixture[str]) -> None:
     assert [item["name"] for item in listed] == [e.name for e in load_registry()]
     for item in listed:
         assert {"name", "kind", "arch", "url", "sha256_prefix", "ap"} <= set(item)
-        assert item["kind"] == "pose" and item["url"].endswith(".pth")
+        assert item["kind"] in ("pose", "detector") and item["url"].endswith(".pth")
 
 
 def test_list_as_a_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["fetch", "--list"]) == 0
     out = capsys.readouterr().out
     assert "hrnet_w32_coco_256x192" in out and "0.746" in out and "td-hm_hrnet-w48_8xb32-210e_coco-384x288" in out
+    assert "yolox_s_8x8_300e_coco                      detector yolox_s      0.405" in out
 
 
 # ---- naming what to fetch ----

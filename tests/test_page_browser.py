@@ -175,3 +175,44 @@ def test_with_api_keys_the_page_asks_for_one_and_its_calls_work(tiny_onnx, brows
         page.wait_for_function("Number(document.getElementById('canvas').dataset.keypointsDrawn) > 0",
                                timeout=30_000)
         assert page.locator("#error").inner_text() == ""
+
+
+def test_the_video_tab_plays_the_video_with_the_tracked_skeletons_drawn(browser_page, tmp_path):
+    """The video tab streams /v1/pose/video's NDJSON and draws each shown frame's people with their track IDs."""
+    from tests.detector_model import build_scene_detector
+    from tests.video_helpers import encode_video, figure_frames
+
+    page = browser_page
+    console_errors: list[str] = []
+    page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: console_errors.append(str(error)))
+    width, height = 320, 240
+    video = tmp_path / "walk.webm"
+    video.write_bytes(encode_video(figure_frames(20, width, height, people=2), "webm-vp9"))
+    detector, scene = build_scene_detector(tmp_path / "scene.onnx", (width, height))
+    tiny = Path(__file__).parent / "models" / "tiny_coco_mini_128x96.onnx"
+    with LiveServer(tiny, env={"POSE_DETECTOR_PATH": str(detector)}) as server:
+        page.goto(f"{server.base_url}/")
+        page.click("#videotab-button")
+        with page.expect_response(lambda r: r.url.endswith("/v1/pose/video") and r.request.method == "POST",
+                                  timeout=30_000) as video_call:
+            page.set_input_files("#videofile", str(video))
+        assert video_call.value.status == 200
+        page.wait_for_function("document.getElementById('videocanvas').dataset.frames === '20'", timeout=60_000)
+        page.wait_for_function("document.getElementById('videocanvas').dataset.tracksDrawn === '1,2'",
+                               timeout=30_000)
+        summary = page.locator("#videosummary").inner_text()
+        error = page.locator("#error").inner_text()
+        tops = [(x + w / 2, y + dy) for x, y, w, _h, _score in scene.persons for dy in (-1, 0, 1)]
+        pixels = page.evaluate(
+            """(points) => {
+                 const ctx = document.getElementById('videocanvas').getContext('2d');
+                 return points.map(([x, y]) => Array.from(ctx.getImageData(Math.round(x), Math.round(y), 1, 1).data));
+               }""",
+            tops,
+        )
+        page.screenshot(path=str(tmp_path / "video-tab.png"), full_page=True)
+    assert "20 frames, 2 track(s)" in summary and error == ""
+    # each detected person's box is drawn over the playing video
+    assert all(any(is_box_green(p) for p in pixels[i:i + 3]) for i in range(0, len(pixels), 3)), pixels
+    assert console_errors == [], console_errors

@@ -162,9 +162,12 @@ def test_card_json_form_is_the_fetch_command_s() -> None:
                         source=DetectorSource(url="https://example.org/yolox_s.onnx", sha256="ab" * 32))
     body = json.loads(card.model_dump_json())
     assert body == {"format": "pose-detector-card/1", "name": "yolox_s", "kind": "detector", "layout": "yolox",
+                    "arch": None, "preprocessing": "yolox", "trained": True, "warning": None,
                     "input_size": [640, 640], "score_threshold": 0.3, "nms_iou": 0.45,
                     "class_names": body["class_names"], "person_class": 0,
-                    "source": {"url": "https://example.org/yolox_s.onnx", "sha256": "ab" * 32}}
+                    "source": {"url": "https://example.org/yolox_s.onnx", "sha256": "ab" * 32,
+                               "registry_name": None, "publisher": None, "box_ap": None, "checkpoint_layout": None,
+                               "seed": None}}
     assert len(body["class_names"]) == 80 and body["class_names"][:3] == ["person", "bicycle", "car"]
     with pytest.raises(ValueError, match="person_class"):
         DetectorCard(name="x", layout="yolox", input_size=(64, 64), class_names=["car"], person_class=1)

@@ -146,7 +146,7 @@ def scraped(prometheus: Prometheus, requests: int) -> None:
 
 
 def send_load(base_url: str, prometheus: Prometheus) -> dict[int, int]:
-    """A short burst of real requests: single images with 0-3 boxes, batches, renders, and one corrupt image.
+    """A short burst of real requests: single images with 0-3 boxes, batches, renders, one corrupt image, videos.
     Concurrent, so the micro-batcher forms batches of more than one crop. Twice, the second burst once Prometheus
     has scraped the first: rates then see an increase inside their window."""
     images = [jpeg_bytes(seed=seed) for seed in range(4)]
@@ -169,7 +169,14 @@ def send_load(base_url: str, prometheus: Prometheus) -> dict[int, int]:
     def corrupt(i: int) -> int:
         return client.post("/v1/pose", files={"image": ("bad.jpg", b"\xff\xd8not a jpeg", "image/jpeg")}).status_code
 
-    calls = [single] * 48 + [batch] * 4 + [render] * 2 + [corrupt] * 2
+    from tests.video_helpers import encode_video, figure_frames
+
+    clip = encode_video(figure_frames(4))
+
+    def video(i: int) -> int:  # the video panel's series: frames, tracks, the video stage
+        return client.post("/v1/pose/video", content=clip, headers={"content-type": "video/mp4"}).status_code
+
+    calls = [single] * 48 + [batch] * 4 + [render] * 2 + [corrupt] * 2 + [video] * 2
     with httpx.Client(base_url=base_url, timeout=30) as client, ThreadPoolExecutor(max_workers=8) as pool:
         for round_ in range(2):
             for status in pool.map(lambda pair: pair[1](pair[0]), enumerate(calls)):

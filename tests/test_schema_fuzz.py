@@ -36,6 +36,8 @@ OPERATIONS = [
     ("POST", "/v1/pose"),
     ("POST", "/v1/pose/render"),
     ("POST", "/v1/pose/batch"),
+    ("POST", "/v1/pose/video"),
+    ("POST", "/v1/pose/video/render"),
     ("GET", "/v1/model"),
     ("GET", "/livez"),
     ("GET", "/readyz"),
@@ -80,7 +82,9 @@ def test_the_fuzzed_operations_are_all_there_are(api_schema):
 # schemathesis' own pytest integration (schema.parametrize / pytest.from_fixture) trips over pytest 9's node
 # internals, so each operation's Hypothesis strategy (its public API) is driven here directly.
 RAW = ["multipart/form-data", "image/jpeg", "application/octet-stream"]
-MEDIA_TYPES = {"/v1/pose": RAW, "/v1/pose/render": RAW, "/v1/pose/batch": ["application/json", "multipart/form-data"],
+VIDEO = ["multipart/form-data", "video/mp4", "application/octet-stream"]
+MEDIA_TYPES = {"/v1/pose": RAW, "/v1/pose/render": RAW, "/v1/pose/video": VIDEO, "/v1/pose/video/render": VIDEO,
+               "/v1/pose/batch": ["application/json", "multipart/form-data"],
                "/v2/models/{model_name}/infer": ["application/json", "application/octet-stream"],
                "/v2/models/{model_name}/versions/{model_version}/infer": ["application/json",
                                                                           "application/octet-stream"]}
@@ -166,6 +170,7 @@ def test_refusals_while_not_ready_conform_to_the_schema(tiny_onnx):
         assert failure is None, (label, failure)
     assert {label: statuses for label, (statuses, _) in results.items()} == {
         "POST /v1/pose": {503}, "POST /v1/pose/render": {503}, "POST /v1/pose/batch": {503},
+        "POST /v1/pose/video": {503}, "POST /v1/pose/video/render": {503},
         "GET /v1/model": {200}, "GET /livez": {200}, "GET /readyz": {503}, "GET /metrics": {200},
         "GET /v2": {200}, "GET /v2/health/live": {200}, "GET /v2/health/ready": {503},
         "GET /v2/models/{model_name}": {200}, "GET /v2/models/{model_name}/versions/{model_version}": {200},

@@ -26,6 +26,7 @@ from pose_client.errors import (
 from pose_client.models import ImageSize, Keypoint, ModelInfo, Person, PoseResult, RenderedImage
 from pose_client.options import PoseOptions
 from pose_client.retry import RetryPolicy
+from pose_client.video import TrackedPerson, VideoFrame, VideoSummary
 
 __all__ = [
     "AsyncPoseClient",
@@ -47,7 +48,10 @@ __all__ = [
     "RenderedImage",
     "RetryPolicy",
     "ServerError",
+    "TrackedPerson",
     "UnauthorizedError",
     "UnavailableError",
+    "VideoFrame",
+    "VideoSummary",
 ]
 __version__ = "0.1.0"

@@ -1,5 +1,6 @@
 """`python -m pose_client IMAGE... --url URL [--boxes FILE] --out results.json`: keypoints of many images into a
-COCO keypoint results file, with a progress bar. Exit status 1 when an image failed (the others are written)."""
+COCO keypoint results file, with a progress bar. Exit status 1 when an image failed (the others are written).
+`python -m pose_client video VIDEO --url URL` writes a video's frames as NDJSON (pose_client/video_cli.py)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["video"]:  # python -m pose_client video FILE: NDJSON per frame
+        from pose_client.video_cli import main as video_main
+
+        return video_main(argv[1:])
     args = parse_args(argv)
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
 from typing import Any, Literal, overload
 
 import httpx
@@ -31,6 +32,7 @@ from pose_client.models import PoseResult, RenderedImage
 from pose_client.options import PoseOptions
 from pose_client.progress import make_progress
 from pose_client.retry import RetryPolicy, RetryState
+from pose_client.video import VideoFrame, VideoSummary, pose_video, stream
 
 
 class PoseClient:
@@ -48,6 +50,7 @@ class PoseClient:
         self.retry = retry or RetryPolicy(max_retries=max_retries)
         self.options = options or PoseOptions()  # for every call that brings none
         self._gate = threading.BoundedSemaphore(max_concurrency)
+        self._auth = auth_headers(api_key)
         self._http = httpx.Client(
             base_url=self.base_url, headers=auth_headers(api_key), timeout=timeout, transport=transport,
             limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
@@ -77,6 +80,24 @@ class PoseClient:
     def model(self) -> dict[str, Any]:
         """The served model's card (GET /v1/model)."""
         return model_card(self._send(Call("GET", "/v1/model")))
+
+    def pose_video(self, path: str | Path, *, smooth: bool | None = None, fps: float | None = None,
+                   detect_every: int | None = None, flip: bool | None = None,
+                   **options: Any) -> Iterator[VideoFrame | VideoSummary]:
+        """POST /v1/pose/video: each frame's persons with track IDs as the service streams them, then the
+        summary. `options`: smooth_min_cutoff, smooth_beta, smooth_d_cutoff (README "Video and live streams")."""
+        # not under the concurrency gate: a generator the caller abandons would hold it (the service bounds
+        # concurrent videos itself, POSE_MAX_CONCURRENT_VIDEOS)
+        yield from pose_video(self._http, self.retry, path, {"smooth": smooth, "fps": fps,
+                                                             "detect_every": detect_every,
+                                                             "flip": self.options.flip if flip is None else flip,
+                                                             **options},
+                              self.timeout)
+
+    def stream(self, frames: Iterable[bytes], **options: Any) -> Iterator[VideoFrame]:
+        """WS /v1/pose/stream: send encoded frames (JPEG/PNG bytes), get one answer per frame served (needs
+        `websockets`: pip install pose-client[stream])."""
+        yield from stream(self.base_url, self._auth, frames, options)
 
     @overload
     def pose_many(self, images: Sequence[ImageInput], boxes: Sequence[Sequence[Box] | None] | None = None,

@@ -32,6 +32,7 @@ from model_export.fetch.limits import (
 )
 from model_export.fetch.redact import Redactor, redact_url
 from model_export.fetch.registry import RegistryEntry, load_registry
+from model_export.yolox.configs import YOLOX_ARCHS, is_yolox_arch
 
 DEFAULT_READ_TIMEOUT_S = 30.0
 MAX_CONNECT_TIMEOUT_S = 10.0
@@ -44,6 +45,7 @@ sha256 and the AP its publisher reports.
 
   python -m model_export fetch --list                  the registry (mmpose COCO top-down HRNet)
   python -m model_export fetch hrnet_w32_coco_256x192  -> models/hrnet_w32_coco_256x192.onnx + .json
+  python -m model_export fetch yolox_s_8x8_300e_coco   a person detector (kind detector): YOLOX ONNX + detector card
   make serve WEIGHTS=hrnet_w32_coco_256x192            the same, then serve it
 
 Cache: --cache-dir, else ${CACHE_ENV}, else $XDG_CACHE_HOME/hrnet-pose (~/.cache/hrnet-pose). A file
@@ -70,7 +72,8 @@ def add_fetch_parser(subparsers: Any) -> None:
     parser.add_argument("--json", action="store_true", help="with --list: a JSON list of entries")
     parser.add_argument("--sha256", metavar="HEX",
                         help="expected sha256 of the checkpoint, full or its first 8+ hex digits (needed for a URL)")
-    parser.add_argument("--arch", choices=ARCHS, help="architecture of a checkpoint given by URL")
+    parser.add_argument("--arch", choices=ARCHS + YOLOX_ARCHS, help="architecture of a checkpoint given by URL "
+                        "(yolox_*: a person detector)")
     parser.add_argument("--output", type=Path, metavar="PATH.onnx",
                         help="ONNX file to write, the card beside it (default models/NAME.onnx)")
     parser.add_argument("--cache-dir", type=Path, metavar="DIR",
@@ -97,10 +100,10 @@ def print_registry(entries: tuple[RegistryEntry, ...], as_json: bool) -> None:
     if as_json:
         print(json.dumps([entry.to_json() for entry in entries], indent=2))
         return
-    print(f"{'NAME':<42} {'KIND':<6} {'ARCH':<12} {'AP':>5}  PUBLISHER")
+    print(f"{'NAME':<42} {'KIND':<8} {'ARCH':<12} {'AP':>5}  PUBLISHER")
     for entry in entries:
         ap = f"{entry.ap:.3f}" if entry.ap is not None else "-"
-        print(f"{entry.name:<42} {entry.kind:<6} {entry.arch:<12} {ap:>5}  {entry.publisher}")
+        print(f"{entry.name:<42} {entry.kind:<8} {entry.arch:<12} {ap:>5}  {entry.publisher}")
 
 
 def provenance(request: WeightsRequest, fetched: FetchedCheckpoint) -> dict[str, Any]:
@@ -156,6 +159,10 @@ def run_fetch_command(args: Any) -> int:
 
 def export_fetched(request: WeightsRequest, fetched: FetchedCheckpoint, output: Path) -> int:
     """Export the verified checkpoint with its provenance in the card; print one summary line."""
+    if is_yolox_arch(request.arch):
+        from model_export.fetch.detector import export_fetched_detector
+
+        return export_fetched_detector(request, fetched, output)
     try:
         card = export_onnx(request.arch, output, checkpoint=fetched.path,
                            provenance=provenance(request, fetched))

@@ -22,6 +22,7 @@ from model_export.fetch.download import DownloadError, HashMismatch, Timeouts, d
 from model_export.fetch.limits import DEFAULT_LIMITS, FetchLimits
 from model_export.fetch.redact import Redactor, redact_url
 from model_export.fetch.registry import RegistryEntry, find_entry, normalise_sha256, url_file_name
+from model_export.yolox.configs import YOLOX_ARCHS
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def resolve_request(name_or_url: str, *, sha256: str | None = None, arch: str | 
     if is_url(name_or_url):
         if expected is None or arch is None:
             raise ValueError("fetching by URL needs --sha256 (at least 8 hex digits) and --arch "
-                             f"({', '.join(ARCHS)})")
+                             f"({', '.join(ARCHS + YOLOX_ARCHS)})")
         file_name = url_file_name(name_or_url)
         return WeightsRequest(name=Path(file_name).stem, url=name_or_url, sha256=expected, arch=arch)
     entry = find_entry(name_or_url)

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from model_export.configs import ARCHS
+from model_export.yolox.configs import YOLOX_ARCHS
 
 REGISTRY_FORMAT = "hrnet-pose-weights-registry/1"
 KINDS = ("pose", "detector")
@@ -30,11 +31,11 @@ class RegistryEntry:
     """One published checkpoint: where it is, what it must hash to, and what it is."""
 
     name: str
-    kind: str  # "pose" (an HRNet checkpoint, exported to ONNX) or "detector"
-    arch: str  # a model_export.configs arch
+    kind: str  # "pose" (an HRNet checkpoint, exported to ONNX) or "detector" (YOLOX, exported with its card)
+    arch: str  # a model_export.configs arch (pose) or a model_export.yolox.configs arch (detector)
     url: str
     sha256_prefix: str  # lower-case hex, at least 8 digits; the full sha256 when known
-    ap: float | None  # the publisher's COCO val2017 AP
+    ap: float | None  # the publisher's AP: pose, COCO val2017 keypoint AP; detector, box AP (see publisher)
     publisher: str
 
     @property
@@ -76,6 +77,8 @@ def _entry_from_json(item: dict[str, Any]) -> RegistryEntry:
         raise ValueError(f"registry entry {entry.name}: kind {entry.kind!r} is not one of {KINDS}")
     if entry.kind == "pose" and entry.arch not in ARCHS:
         raise ValueError(f"registry entry {entry.name}: unknown arch {entry.arch!r}")
+    if entry.kind == "detector" and entry.arch not in YOLOX_ARCHS:
+        raise ValueError(f"registry entry {entry.name}: unknown detector arch {entry.arch!r}")
     published = hash_prefix_in_name(entry.file_name)
     if published is None or not (entry.sha256_prefix.startswith(published)
                                  or published.startswith(entry.sha256_prefix)):

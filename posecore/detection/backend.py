@@ -16,7 +16,7 @@ from posecore.backend import ModelLoadError, batch_shapes, open_session, run_in_
 from posecore.contract import DEFAULT_MAX_BOXES
 from posecore.detection import end2end, yolox
 from posecore.detection.card import DetectorCard, DetectorLoadError, read_detector_card
-from posecore.detection.letterbox import PAD_VALUE, letterbox
+from posecore.detection.letterbox import PAD_VALUE, Ratio, letterbox
 from posecore.detection.nms import finish_boxes
 from posecore.detection.shapes import TensorInfo, detector_io, infer_card
 
@@ -99,9 +99,9 @@ class PersonDetector:
 
     # ---- the three steps ------------------------------------------------------------------------------------
 
-    def prepare(self, image_rgb: np.ndarray) -> tuple[np.ndarray, float]:
-        """RGB uint8 image -> (float32 (3, H, W) letterboxed input, ratio). Pure."""
-        return letterbox(image_rgb, self.input_hw)
+    def prepare(self, image_rgb: np.ndarray) -> tuple[np.ndarray, Ratio]:
+        """RGB uint8 image -> (float32 (3, H, W) letterboxed input, ratio), by the card's framework. Pure."""
+        return letterbox(image_rgb, self.input_hw, self.card.preprocessing)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """float32 (N, 3, H, W) -> one raw row per image: yolox (N, A, 5 + C); end2end (N, M, 6) packed."""
@@ -115,7 +115,7 @@ class PersonDetector:
             parts = [np.pad(p, ((0, 0), (0, longest - p.shape[1]), (0, 0))) for p in parts]
         return np.concatenate(parts)
 
-    def boxes(self, raw_row: np.ndarray, ratio: float, image_wh: tuple[int, int]) -> np.ndarray:
+    def boxes(self, raw_row: np.ndarray, ratio: Ratio, image_wh: tuple[int, int]) -> np.ndarray:
         """One image's raw row -> float64 (M, 5) x, y, w, h, score in image pixels, best first. Pure."""
         if self.layout == "end2end":
             dets = end2end.person_detections(raw_row, ratio, score_threshold=self.score_threshold,

@@ -32,6 +32,10 @@ COCO_CLASS_NAMES: tuple[str, ...] = (
 )
 
 Layout = Literal["yolox", "end2end"]
+# Which framework's test-time letterbox the weights were trained and evaluated with (posecore.detection.letterbox):
+# "yolox": Megvii's `preproc` (size truncated, one ratio); "mmdet": mmdetection's Resize(keep_ratio) + Pad(114)
+# (size rounded, a ratio per axis). A card without the field is an official YOLOX export.
+Preprocessing = Literal["yolox", "mmdet"]
 
 
 class DetectorLoadError(ModelLoadError):
@@ -40,7 +44,12 @@ class DetectorLoadError(ModelLoadError):
 
 class DetectorSource(BaseModel):
     url: str | None = None
-    sha256: str | None = None
+    sha256: str | None = Field(default=None, description="Full sha256 of the checkpoint the ONNX was exported from.")
+    registry_name: str | None = Field(default=None, description="Name in `python -m model_export fetch --list`.")
+    publisher: str | None = None
+    box_ap: float | None = Field(default=None, description="Box AP its publisher reports (not measured here).")
+    checkpoint_layout: str | None = Field(default=None, description="'megvii' or 'mmdet' key names.")
+    seed: int | None = Field(default=None, description="Random-init seed of an UNTRAINED export.")
 
 
 class DetectorCard(BaseModel):
@@ -48,6 +57,10 @@ class DetectorCard(BaseModel):
     name: str
     kind: Literal["detector"] = "detector"
     layout: Layout = Field(description="'yolox': raw head (1, A, 5 + C); 'end2end': dets (1, N, 5) + labels (1, N).")
+    arch: str | None = Field(default=None, description="The exported architecture, e.g. yolox_s.")
+    preprocessing: Preprocessing = Field(default="yolox", description="Whose letterbox: 'yolox' or 'mmdet'.")
+    trained: bool = True
+    warning: str | None = None
     input_size: tuple[int, int] = Field(description="Letterbox canvas [H, W] in pixels.")
     score_threshold: float = Field(default=DEFAULT_SCORE_THRESHOLD, ge=0.0, le=1.0)
     nms_iou: float = Field(default=DEFAULT_NMS_IOU, gt=0.0, le=1.0)
@@ -59,6 +72,9 @@ class DetectorCard(BaseModel):
     def _consistent(self) -> DetectorCard:
         if min(self.input_size) <= 0:
             raise ValueError(f"input_size must be positive, got {list(self.input_size)}")
+        if self.preprocessing == "mmdet" and self.input_size[0] != self.input_size[1]:
+            raise ValueError("mmdet preprocessing (Resize keep_ratio + Pad to square) needs a square input_size, got "
+                             f"{list(self.input_size)}")
         if self.person_class >= len(self.class_names):
             raise ValueError(f"person_class {self.person_class} is not one of the {len(self.class_names)} classes")
         return self
@@ -77,9 +93,16 @@ def read_detector_card(onnx_path: Path) -> DetectorCard | None:
     if not path.is_file():
         return None
     try:
-        return DetectorCard.model_validate_json(path.read_text())
+        text = path.read_text()
+        card_format = json.loads(text).get("format")
     except (OSError, UnicodeDecodeError) as exc:
         raise DetectorLoadError(f"cannot read detector card {path}: {exc}") from exc
+    except (ValueError, AttributeError):
+        card_format = None  # not a JSON object: the validation below says so
+    if isinstance(card_format, str) and card_format != DETECTOR_CARD_FORMAT and "detector" not in card_format:
+        raise DetectorLoadError(f"{onnx_path} is not a detector: its card {path.name} is a {card_format!r} card")
+    try:
+        return DetectorCard.model_validate_json(text)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "card"

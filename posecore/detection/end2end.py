@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from posecore.detection.letterbox import Ratio, boxes_to_image
+
 
 def pack(dets: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """dets (B, N, 5) + labels (B, N) -> float32 (B, N, 6)."""
@@ -21,10 +23,10 @@ def pack(dets: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.concatenate([dets.astype(np.float32), labels.astype(np.float32)[..., None]], axis=2)
 
 
-def person_detections(packed: np.ndarray, ratio: float, *, score_threshold: float,
+def person_detections(packed: np.ndarray, ratio: Ratio, *, score_threshold: float,
                       person_class: int = 0) -> np.ndarray:
     """(N, 6) packed rows of one image -> float32 (M, 5) x1, y1, x2, y2, score in image pixels, best first."""
     rows = np.asarray(packed, dtype=np.float32).reshape(-1, 6)
     rows = rows[(rows[:, 4] > score_threshold) & (rows[:, 5] == person_class)]
     rows = rows[np.argsort(-rows[:, 4], kind="stable")]
-    return np.concatenate([rows[:, :4] / ratio, rows[:, 4:5]], axis=1)
+    return np.concatenate([boxes_to_image(rows[:, :4], ratio), rows[:, 4:5]], axis=1)

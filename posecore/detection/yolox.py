@@ -13,6 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from posecore.detection.letterbox import Ratio, boxes_to_image
 from posecore.detection.nms import nms_keep
 
 STRIDES = (8, 16, 32)
@@ -62,7 +63,7 @@ def decode_head(raw: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
     return _decode_rows(raw, grid, strides)
 
 
-def person_detections(raw: np.ndarray, ratio: float, input_hw: tuple[int, int], *, score_threshold: float,
+def person_detections(raw: np.ndarray, ratio: Ratio, input_hw: tuple[int, int], *, score_threshold: float,
                       nms_iou: float, person_class: int = 0) -> np.ndarray:
     """(A, 5 + C) raw head rows -> float32 (M, 5) x1, y1, x2, y2, score in image pixels, after NMS, best first.
 
@@ -79,7 +80,7 @@ def person_detections(raw: np.ndarray, ratio: float, input_hw: tuple[int, int], 
         candidates = np.sort(candidates[best])  # back in head order, as without the cap
     decoded = _decode_rows(raw[candidates, :4], grid[candidates], strides[candidates])
     centres, sizes = decoded[:, :2], decoded[:, 2:4]
-    boxes = np.concatenate([centres - sizes / 2.0, centres + sizes / 2.0], axis=1) / ratio
+    boxes = boxes_to_image(np.concatenate([centres - sizes / 2.0, centres + sizes / 2.0], axis=1), ratio)
     scores = scores[candidates]
     keep = nms_keep(boxes, scores, nms_iou)
     return np.concatenate([boxes[keep], scores[keep, None]], axis=1)

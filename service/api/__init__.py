@@ -3,9 +3,9 @@ Inference Protocol v2 front door."""
 
 from fastapi import FastAPI
 
-from service.api import health, model, oip, page, pose
+from service.api import health, model, oip, page, pose, video
 
 
 def register_routes(app: FastAPI) -> None:
-    for module in (pose, model, health, page, oip):
+    for module in (pose, video, model, health, page, oip):
         app.include_router(module.router)

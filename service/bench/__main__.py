@@ -6,8 +6,11 @@
 (d) ONNX Runtime, one request and one crop at a time, no batching
 (e) with --int8-model: the INT8 model's ceiling and a second service on it, N clients single- and multi-person,
     in the same rounds, as ratios to the fp32 service
-(f) with --detector: a service with that person detector, 1 and N clients sending multi-person photos without
-    boxes (the detect stage, then every person found), in the same rounds
+(f) with --detector (an ONNX file, or a YOLOX arch such as yolox_s: exported with seeded random weights into a
+    temporary folder): a service with that person detector, 1 and N clients sending multi-person photos without
+    boxes (the detect stage, then every person found), in the same rounds; and the detector's ONNX Runtime call
+    alone, ms per photo at batch 1 and at batch N (its dynamic batch axis)
+(g) videos: 1 and N concurrent clients posting an H.264 clip to /v1/pose/video (frames/s, vs (b)'s crops/s)
 Writes bench.json and bench.md to --out and prints the table.
 """
 
@@ -17,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -28,9 +32,11 @@ from posecore.contract import Stage
 from posecore.modelcard import read_card
 from service.bench import baselines
 from service.bench.detect_phase import BarePhotoPhase, describe, detector_env
+from service.bench.detector_model import detector_infer_ms, resolve_bench_detector
 from service.bench.http_load import http_load, peak_rss_bytes, running_service, stage_means_ms, stage_totals
 from service.bench.int8 import describe_int8, int8_ratios, int8_verdicts
 from service.bench.stats import Phase
+from service.bench.video_phase import VideoPhase, make_clip
 from service.bench.workload import DEFAULT_PEOPLE_DIR, load_photos
 
 STAGE_ORDER = tuple(Stage)
@@ -55,10 +61,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--skip-torch", action="store_true", help="skip the PyTorch eager baseline")
     parser.add_argument("--int8-model", type=Path, default=None, metavar="PATH",
                         help="also measure this INT8 model (python -m model_export quantize) against --model")
-    parser.add_argument("--detector", type=Path, default=None, metavar="PATH",
-                        help="also measure bare photos (no boxes) on a service with this person detector ONNX")
+    parser.add_argument("--detector", default=None, metavar="PATH_OR_ARCH",
+                        help="also measure bare photos (no boxes) on a service with this person detector ONNX; a "
+                             "YOLOX arch (e.g. yolox_s) exports one with seeded random weights into a temporary "
+                             "folder first")
     parser.add_argument("--detector-score-threshold", type=float, default=None,
                         help="the bare-photo service's POSE_DETECTOR_SCORE_THRESHOLD (default: the detector card's)")
+    parser.add_argument("--skip-video", action="store_true", help="skip the video phase (g)")
     return parser.parse_args(argv)
 
 
@@ -105,6 +114,7 @@ def measure(args) -> dict:
             detect_url = services.enter_context(running_service(
                 args.model, env | detector_env(args.detector, args.detector_score_threshold)))[0]
             bare = BarePhotoPhase(detect_url, multi, n, t)
+        videos = None if args.skip_video else VideoPhase(url, make_clip(single[0]), n, t)
         for _ in range(args.rounds):
             run("ceiling", baselines.model_only(backend, best, t))
             run("model_batch1", baselines.model_only(backend, 1, t))
@@ -127,6 +137,8 @@ def measure(args) -> dict:
                 run_service("int8_service_multi", f"(e) INT8 service, {n} clients, multi-person", multi, n, int8_url)
             if bare is not None:
                 bare.run_round()
+            if videos is not None:
+                videos.run_round()
         rss = peak_rss_bytes(pid)
     stages = {key: stage_means_ms({}, {s: tuple(v) for s, v in sums.items()}) for key, sums in stage_sums.items()}
     if bare is not None:
@@ -138,10 +150,17 @@ def measure(args) -> dict:
     if int8:
         phases["int8_ceiling"].name = f"(e) INT8 ceiling: raw ORT, best batch size ({int8[1]})"
         result |= {"int8_sweep": int8[2], "int8_card": int8[3]}
+    if videos is not None:
+        phases |= videos.phases
+        result |= {"video": videos.describe(phases["service_single"].crops_per_s),
+                   "video_frames_per_s": videos.frames_per_s()}
     if bare is not None:
         summary = bare.summary()
-        result |= {"bare_photo": describe(summary, args.detector, args.detector_score_threshold),
-                   "bare_photo_persons": summary}
+        infer_ms = detector_infer_ms(args.detector, (1, n), t)
+        alone = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in infer_ms.items())
+        result |= {"bare_photo": (f"{describe(summary, args.detector, args.detector_score_threshold)} Detector "
+                                  f"ONNX Runtime call alone, ms per photo: {alone}."),
+                   "bare_photo_persons": summary, "detector_infer_ms_per_photo": infer_ms}
     return result
 
 
@@ -189,6 +208,8 @@ def markdown(result: dict, r: dict[str, float], v: dict[str, bool], env: dict) -
                   f"INT8 ceiling sweep (crops/s by batch size): {result['int8_sweep']}"]
     if "bare_photo" in result:
         lines += ["", result["bare_photo"]]
+    if "video" in result:
+        lines += ["", result["video"]]
     lines += ["", f"Ceiling sweep (crops/s by batch size): {result['sweep']}", "",
               "Where a service request's time goes (mean ms per request, by stage):", "",
               "| phase | " + " | ".join(map(str, STAGE_ORDER)) + " |", "|---|" + "---:|" * len(STAGE_ORDER)]
@@ -209,9 +230,10 @@ def main(argv=None) -> int:
         raise SystemExit(f"model not found: {args.model}; run `make model` first")
     if args.int8_model is not None and not args.int8_model.is_file():
         raise SystemExit(f"INT8 model not found: {args.int8_model}; make it with `python -m model_export quantize`")
-    if args.detector is not None and not args.detector.is_file():
-        raise SystemExit(f"detector not found: {args.detector}")
-    result = measure(args)
+    with tempfile.TemporaryDirectory(prefix="bench-detector-") as folder:
+        if args.detector is not None:
+            args.detector = resolve_bench_detector(args.detector, Path(folder))
+        result = measure(args)
     r = ratios(result)
     v = verdicts(r, result["peak_rss_bytes"] / 2**30, args.clients)
     env = {"machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
@@ -224,6 +246,8 @@ def main(argv=None) -> int:
         "phases": {k: p.summary() for k, p in result["phases"].items()}, "ceiling_sweep": result["sweep"],
         "stages_ms": result["stages_ms"], "peak_rss_bytes": result["peak_rss_bytes"], "ratios": r, "targets": v,
         "bare_photo_persons": result.get("bare_photo_persons"),
+        "detector_infer_ms_per_photo": result.get("detector_infer_ms_per_photo"),
+        "video_frames_per_s": result.get("video_frames_per_s"),
     }, indent=2))
     print(table)
     return 0
