@@ -2,9 +2,11 @@
 
 The body size is bounded (POSE_MAX_BODY_BYTES, after decompression too), but not what a size buys: 64 MB of
 `[],` is 21 million lists, about 2 GB of Python objects, built by `json.loads` in one call that holds the GIL
-for seconds. So the structure is counted first, in a scan whose cost is bounded by the limits themselves: it
-stops at the first value over `max_values` or the first level over MAX_JSON_DEPTH. Strings (base64 images) are
-skipped whole by the regular expression, in C; only structural characters reach the Python loop.
+for seconds. So the structure is counted first: it stops at the first value over `max_values` or the first
+level over MAX_JSON_DEPTH. Strings (base64 images) are skipped whole by memchr; only structural characters
+reach the Python loop, and the regex engine that finds them is given at most WINDOW bytes per call, so a long
+run of filler cannot hold the GIL (and the event loop) for long. Measured on 64 MB bodies: the `[],` bomb is
+refused in 0.2 s, 64 MB of spaces scanned in 0.9 s with the event loop's thread waiting at most ~40 ms.
 
 Values are counted as separators and containers (`,` `[` `{`): an upper bound of the values in the document.
 """
