@@ -40,7 +40,7 @@ from posecore.contract import DEFAULT_MAX_BOXES
 from posecore.detection import PersonDetector
 from posecore.geometry import boxes_to_centers_scales
 from posecore.heatmaps import oks_nms
-from posecore.imaging import decode_image
+from posecore.imaging import LOCAL_MAX_IMAGE_BYTES, LOCAL_MAX_IMAGE_PIXELS, decode_image
 from posecore.modelcard import InputSpec, ModelCard, OutputSpec, WeightsInfo, read_card
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,6 @@ STAT_NAMES: tuple[str, ...] = ("AP", "AP .5", "AP .75", "AP (M)", "AP (L)", "AR"
 OKS_NMS_THRESHOLD = 0.9  # official TEST.OKS_THRE
 DETECTION_SCORE_THRESHOLD = 0.0  # official TEST.IMAGE_THRE: detections with a lower score are dropped
 PERSON_CATEGORY_ID = 1
-# In-process limits: evaluation data is trusted, so only absurd files are refused.
-LOCAL_MAX_IMAGE_BYTES = LOCAL_MAX_IMAGE_PIXELS = 1 << 31
 
 PoseRunner = Callable[[bytes, np.ndarray, bool], list[PersonPose]]
 

@@ -49,6 +49,10 @@ _OTHER_FORMATS: tuple[tuple[bytes, int, str], ...] = (
 
 _SUPPORTED = "JPEG, PNG, WebP or BMP"
 _ORIENTATION = 0x0112  # the EXIF Orientation tag
+# Limits for the photos a tool reads from its own disk (evaluation, calibration, the bench): trusted, so only
+# absurd files are refused. The service's own limits are its settings.
+LOCAL_MAX_IMAGE_BYTES = 200_000_000
+LOCAL_MAX_IMAGE_PIXELS = 400_000_000
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 
 

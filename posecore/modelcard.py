@@ -83,6 +83,15 @@ class QuantizationInfo(BaseModel):
                                               "heatmap SQNR (dB), keypoint distances (image px) after the official "
                                               "decode, share of joints within one heatmap pixel.")
     layer_report: str | None = Field(None, description="File beside the model with each layer's SQNR.")
+    canonical: dict[str, int] = Field({}, description="What was rewritten before calibration (e.g. BatchNormalization "
+                                      "folded into Conv / ConvTranspose, Identity removed), by kind.")
+    head_ranges: str | None = Field(None, description="Calibration method of the head's activations when it differs "
+                                    "from `method` (e.g. 'minmax'), and how many tensors that covers.")
+    target: dict[str, float] = Field({}, description="The agreement the mixed-precision search aimed at.")
+    search: list[dict[str, str | float]] = Field([], description="Layers the search kept in float, in order, with "
+                                                 "the held-out agreement each bought.")
+    speed: dict[str, float | int] = Field({}, description="Crops/s of the float parent and of this model on the "
+                                          "machine that quantized it (same threads and batch), and their ratio.")
 
 
 class ModelCard(BaseModel):

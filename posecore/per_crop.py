@@ -13,10 +13,7 @@ import numpy as np
 
 from posecore.boxes import parse_boxes
 from posecore.codec import PoseCodec
-from posecore.imaging import decode_image
-
-# Bench photos are trusted files: only absurd ones are refused.
-MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS = 50_000_000, 100_000_000
+from posecore.imaging import LOCAL_MAX_IMAGE_BYTES, LOCAL_MAX_IMAGE_PIXELS, decode_image
 
 
 @dataclass(frozen=True)
@@ -35,7 +32,7 @@ def run_per_crop(photos: Sequence[tuple[bytes, list[list[float]]]], codec: PoseC
         if time.perf_counter() - started >= budget_s:
             break
         t = time.perf_counter()
-        image = decode_image(data, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS)
+        image = decode_image(data, LOCAL_MAX_IMAGE_BYTES, LOCAL_MAX_IMAGE_PIXELS)
         rows = parse_boxes(boxes)
         assert rows is not None
         for i in range(len(rows)):

@@ -6,6 +6,7 @@
   test decides; `GatedBackend` holds its batches at a gate, `PeakBackend` puts one peak per chosen joint.
 - `FailingBackend`: a real backend whose inference fails.
 - `app_with(backend, ...)`: create_app over a backend, with its card (official defaults unless given).
+- `POSE_JSON`: a canned /v1/pose answer, for clients talking to a fake service.
 """
 
 from __future__ import annotations
@@ -20,10 +21,18 @@ from fastapi import FastAPI
 
 from posecore.backend import ProviderStatus
 from posecore.coco import KEYPOINT_NAMES
+from posecore.contract import PoseResponse
 from posecore.modelcard import ModelCard
 from service.main import create_app, load_model
 from service.settings import Settings
 from service.state import LoadedModel
+
+POSE_JSON = PoseResponse.model_validate({  # through the contract: the fake answer is a valid one
+    "image": {"width": 10, "height": 20}, "flip": False, "timings_ms": {"inference": 1.0},
+    "model": {"name": "fake", "arch": "tiny", "trained": True, "provider": "CPUExecutionProvider", "warning": None},
+    "persons": [{"box": [0, 0, 10, 20], "box_score": 1.0, "score": 0.9, "coco_keypoints": [1.0, 2.0, 0.9],
+                 "keypoints": [{"name": "nose", "x": 1.0, "y": 2.0, "score": 0.9}]}],
+}).model_dump(mode="json")
 
 
 class RecordingInfer:

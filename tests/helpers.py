@@ -7,6 +7,7 @@ Fixtures stay in conftest.py; plain functions and constants live here (`from tes
 
 from __future__ import annotations
 
+import base64
 import io
 import socket
 from pathlib import Path
@@ -89,16 +90,18 @@ def assert_error(response: Any, status: int, code: str) -> None:
     assert body["request_id"] == response.headers["x-request-id"], body
 
 
-def metric_value(text: str, name: str, **labels: str) -> float:
-    """One sample of a Prometheus text exposition, read by prometheus_client's own parser: the sample `name`
-    (e.g. pose_errors_total) with exactly these labels; 0.0 when absent (a labelled counter never incremented)."""
+def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample `name` (e.g. pose_requests_total) of a Prometheus text exposition, with its labels, read by
+    prometheus_client's own parser: the one metrics reader of the tests."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    return 0.0
+    return [(sample.labels, float(sample.value)) for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name == name]
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The sample `name` with exactly these labels; 0.0 when absent (a labelled counter never incremented)."""
+    return next((value for own, value in metric_samples(text, name) if own == labels), 0.0)
 
 
 def free_port() -> int:
@@ -114,3 +117,15 @@ def rss_bytes(pid: int | str = "self") -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"VmRSS not found for process {pid}")
+
+
+# ---- request bodies -------------------------------------------------------------------------------------------
+def person_boxes(n: int) -> list[list[float]]:
+    """`n` distinct boxes (x, y, w, h) that fit a 160 x 240 image."""
+    return [[5.0 + i % 10, 5.0 + i % 7, 40.0, 80.0] for i in range(n)]
+
+
+def v2_image_input(*images: bytes) -> dict[str, Any]:
+    """The Open Inference Protocol's `image` input (BYTES [B]) in JSON, base64-encoded."""
+    return {"name": "image", "shape": [len(images)], "datatype": "BYTES", "parameters": {"content_type": "base64"},
+            "data": [base64.b64encode(i).decode() for i in images]}

@@ -171,7 +171,7 @@ def test_evaluate_never_reads_outside_the_image_folder(fake_service: FakeService
 def quantize_argv(model: Path, annotations: Path, images: Path, tmp_path: Path) -> list[str]:
     return ["quantize", "--model", str(model), "--output", str(tmp_path / "out.int8.onnx"),
             "--calibration-annotations", str(annotations), "--calibration-images", str(images),
-            "--max-crops", "2", "--max-held-out-crops", "1", "--no-sensitivity"]
+            "--max-crops", "2", "--max-held-out-crops", "1", "--no-search"]
 
 
 def test_quantize_refuses_a_model_that_is_not_onnx(images: Path, tmp_path: Path,

@@ -34,7 +34,7 @@ from pose_client import (
 )
 from pose_client.errors import retry_after_seconds
 
-from tests.test_client import POSE_JSON
+from tests.fakes import POSE_JSON
 
 Answer = Callable[[BaseHTTPRequestHandler], None]
 

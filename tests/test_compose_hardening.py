@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
+from tests.deploy_files import COMPOSE, COMPOSE_GPU, drives_a_tool, load_yaml, tool, yaml
 from tests.helpers import ROOT
-from tests.test_deploy_static import COMPOSE, COMPOSE_GPU, drives_a_tool, load_yaml, tool, yaml
 
 DOC = (ROOT / "docs" / "deploy.md").read_text()
 

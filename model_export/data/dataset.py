@@ -18,13 +18,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from model_export.configs import HRNetConfig
 from posecore import coco
 from posecore.geometry import boxes_to_centers_scales, get_affine_transform, normalize_crops
 from posecore.heatmaps import gaussian_heatmaps
@@ -36,6 +36,20 @@ UPPER_BODY_JOINTS: tuple[int, ...] = tuple(range(11))
 OFFICIAL_JOINT_WEIGHTS: tuple[float, ...] = (
     1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.2, 1.2, 1.5, 1.5, 1.0, 1.0, 1.2, 1.2, 1.5, 1.5,
 )
+
+
+class HeatmapNetConfig(Protocol):
+    """What the samples need of a network's config (HRNetConfig, SimpleBaselineConfig): crop and heatmap sizes,
+    joints and the target's sigma."""
+
+    @property
+    def input_size(self) -> tuple[int, int]: ...
+    @property
+    def heatmap_size(self) -> tuple[int, int]: ...
+    @property
+    def num_joints(self) -> int: ...
+    @property
+    def sigma(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -216,7 +230,7 @@ class CocoKeypointDataset(Dataset):
     def __init__(
         self,
         records: Sequence[PersonRecord],
-        config: HRNetConfig,
+        config: HeatmapNetConfig,
         augmentation: Augmentation | None = None,
         joint_weights: Sequence[float] | None = None,
         seed: int = 0,
@@ -240,7 +254,7 @@ class CocoKeypointDataset(Dataset):
         self._images: dict[Path, np.ndarray] | None = {} if cache_images else None
 
     @classmethod
-    def from_coco(cls, annotation_file: str | os.PathLike, image_dir: str | os.PathLike, config: HRNetConfig,
+    def from_coco(cls, annotation_file: str | os.PathLike, image_dir: str | os.PathLike, config: HeatmapNetConfig,
                   **kwargs) -> CocoKeypointDataset:
         aspect = config.input_size[1] / config.input_size[0]
         records = load_person_records(annotation_file, image_dir, aspect, config.num_joints)

@@ -22,14 +22,11 @@ from model_export.data.validation import InputDataError, check_boxes_index, chec
 from posecore.boxes import parse_boxes
 from posecore.codec import PoseCodec
 from posecore.errors import PoseError
-from posecore.imaging import decode_image
+from posecore.imaging import LOCAL_MAX_IMAGE_BYTES, LOCAL_MAX_IMAGE_PIXELS, decode_image
 from posecore.modelcard import ModelCard
 
 # Boxes under this many pixels on a side are label noise rather than persons a caller would send.
 MIN_BOX_SIDE = 8.0
-# Decoding limits for calibration photos (trusted local files, so generous).
-MAX_IMAGE_BYTES = 200_000_000
-MAX_IMAGE_PIXELS = 400_000_000
 
 
 class CalibrationDataError(ValueError):
@@ -142,7 +139,7 @@ def _read_rgb(path: Path) -> np.ndarray:
     except OSError as exc:
         raise CalibrationDataError(f"cannot read calibration image {path}: {exc.strerror}") from None
     try:
-        return decode_image(data, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS)
+        return decode_image(data, LOCAL_MAX_IMAGE_BYTES, LOCAL_MAX_IMAGE_PIXELS)
     except PoseError as exc:
         raise CalibrationDataError(f"calibration image {path}: {exc.code}: {exc.message}") from None
 

@@ -28,7 +28,7 @@ class ModelNotQuantizable(ValueError):
 
 @dataclass(frozen=True)
 class FloatLayers:
-    """Conv nodes that stay in float whatever the sensitivity check says, with the reason for each."""
+    """Conv nodes that stay in float whatever the search finds, with the reason for each."""
 
     first_conv: str
     heatmap_conv: str

@@ -8,7 +8,7 @@ layer gets:
 - `sqnr_db`: SQNR of its output against the float output, i.e. all the error accumulated up to it;
 - `added_db`: the noise this layer adds by itself, as an SQNR: 10 log10(1 / (NSR_out - max NSR_in)), where NSR is
   noise over signal power. An exact-input int8 conv typically adds 35-45 dB worth; a layer well below that (an
-  activation with outliers, a range that clipping cuts) is what the sensitivity check keeps in float.
+  activation with outliers, a range that clipping cuts) is what the mixed-precision search tries in float first.
 """
 
 from __future__ import annotations
@@ -146,11 +146,3 @@ def _db(noise_to_signal: float) -> float:
         return -EXACT_DB
     return float(-10.0 * math.log10(noise_to_signal))
 
-
-def sensitive_layers(errors: list[LayerError], threshold_db: float, exclude: Iterable[str],
-                     limit: int) -> list[LayerError]:
-    """int8 Conv/Add layers that add more noise than `threshold_db` allows, worst first, at most `limit`."""
-    skip = set(exclude)
-    flagged = [e for e in errors if e.int8 and e.op_type in ("Conv", "Add") and e.name not in skip
-               and e.added_db < threshold_db]
-    return sorted(flagged, key=lambda e: e.added_db)[:limit]

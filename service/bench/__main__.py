@@ -5,7 +5,8 @@
 (c) PyTorch eager, one request and one crop at a time (the official style)
 (d) ONNX Runtime, one request and one crop at a time, no batching
 (e) with --int8-model: the INT8 model's ceiling and a second service on it, N clients single- and multi-person,
-    in the same rounds, as ratios to the fp32 service
+    in the same rounds, as ratios to the fp32 service; with --int8-pair FP32 INT8 (repeatable), more float32 /
+    INT8 model pairs timed raw in the same rounds (batch 4), each with its card's agreement, as one table
 (f) with --detector (an ONNX file, or a YOLOX arch such as yolox_s: exported with seeded random weights into a
     temporary folder): a service with that person detector, 1 and N clients sending multi-person photos without
     boxes (the detect stage, then every person found), in the same rounds; and the detector's ONNX Runtime call
@@ -34,7 +35,7 @@ from service.bench import baselines
 from service.bench.detect_phase import BarePhotoPhase, describe, detector_env
 from service.bench.detector_model import detector_infer_ms, resolve_bench_detector
 from service.bench.http_load import http_load, peak_rss_bytes, running_service, stage_means_ms, stage_totals
-from service.bench.int8 import describe_int8, int8_ratios, int8_verdicts
+from service.bench.int8 import Int8Pair, describe_int8, int8_ratios, int8_verdicts, pair_table
 from service.bench.stats import Phase
 from service.bench.video_phase import VideoPhase, make_clip
 from service.bench.workload import DEFAULT_PEOPLE_DIR, load_photos
@@ -61,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--skip-torch", action="store_true", help="skip the PyTorch eager baseline")
     parser.add_argument("--int8-model", type=Path, default=None, metavar="PATH",
                         help="also measure this INT8 model (python -m model_export quantize) against --model")
+    parser.add_argument("--int8-pair", type=Path, nargs=2, action="append", default=[], metavar=("FP32", "INT8"),
+                        help="also time this float32 model and its INT8 derivative raw, in the same rounds "
+                             "(repeatable; e.g. the MobileNetV2 test model and its INT8)")
     parser.add_argument("--detector", default=None, metavar="PATH_OR_ARCH",
                         help="also measure bare photos (no boxes) on a service with this person detector ONNX; a "
                              "YOLOX arch (e.g. yolox_s) exports one with seeded random weights into a temporary "
@@ -86,6 +90,9 @@ def measure(args) -> dict:
         int8_backend = OrtBackend(args.int8_model, provider="cpu", max_batch=args.max_batch_size)
         int8_best, int8_sweep = baselines.best_batch_size(int8_backend, budget_s=4 * args.slice_seconds)
         int8 = (int8_backend, int8_best, int8_sweep, read_card(args.int8_model, int8_backend)[0])
+    pairs = [Int8Pair.open(f"pair{i}", fp32, int8_path) for i, (fp32, int8_path) in enumerate(args.int8_pair)]
+    if int8:
+        pairs.insert(0, Int8Pair.open("pair_main", args.model, args.int8_model))
     n, t = args.clients, args.slice_seconds
     env = {"POSE_MAX_BATCH_SIZE": str(args.max_batch_size), "POSE_MAX_QUEUE_CROPS": "256"}
     phases: dict[str, Phase] = {}
@@ -135,6 +142,9 @@ def measure(args) -> dict:
                 run("int8_ceiling", baselines.model_only(int8[0], int8[1], t))
                 run_service("int8_service_single", f"(e) INT8 service, {n} clients, single-person", single, n, int8_url)
                 run_service("int8_service_multi", f"(e) INT8 service, {n} clients, multi-person", multi, n, int8_url)
+            for pair in pairs:
+                for key, phase in pair.phases(t / 2).items():
+                    run(key, phase)
             if bare is not None:
                 bare.run_round()
             if videos is not None:
@@ -146,7 +156,12 @@ def measure(args) -> dict:
         stages |= bare.stages_ms()
     phases["ceiling"].name = f"(a) ceiling: raw ORT, best batch size ({best})"
     phases["model_batch1"].name = "raw ORT, batch 1 (single-crop model latency)"
-    result = {"phases": phases, "sweep": sweep, "stages_ms": stages, "peak_rss_bytes": rss, "card": card}
+    for pair in pairs:
+        for kind in ("fp32", "int8"):
+            phases[f"{pair.key}_{kind}"].name = (f"(e) raw ORT batch {pair.batch}, "
+                                                 f"{(pair.parent_card if kind == 'fp32' else pair.card).name}")
+    result = {"phases": phases, "sweep": sweep, "stages_ms": stages, "peak_rss_bytes": rss, "card": card,
+              "int8_pairs": pair_table(pairs, phases)}
     if int8:
         phases["int8_ceiling"].name = f"(e) INT8 ceiling: raw ORT, best batch size ({int8[1]})"
         result |= {"int8_sweep": int8[2], "int8_card": int8[3]}
@@ -206,6 +221,7 @@ def markdown(result: dict, r: dict[str, float], v: dict[str, bool], env: dict) -
     if "int8_card" in result:
         lines += ["", describe_int8(result["int8_card"]), "",
                   f"INT8 ceiling sweep (crops/s by batch size): {result['int8_sweep']}"]
+    lines += result.get("int8_pairs", [])
     if "bare_photo" in result:
         lines += ["", result["bare_photo"]]
     if "video" in result:

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.bench.stats import Phase
 from service.bench.workload import Photo
@@ -145,12 +146,13 @@ def http_load(url: str, name: str, photos: list[Photo], clients: int, seconds: f
 def stage_totals(url: str) -> dict[str, tuple[float, float]]:
     """Per pipeline stage: (sum of seconds, count of requests) so far, from the service's own /metrics."""
     totals: dict[str, list[float]] = {}
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        for index, suffix in enumerate(("_sum", "_count")):
-            prefix = f"pose_stage_duration_seconds{suffix}{{stage=\""
-            if line.startswith(prefix):
-                stage = line[len(prefix):].split('"')[0]
-                totals.setdefault(stage, [0.0, 0.0])[index] = float(line.rsplit(" ", 1)[1])
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):  # prometheus_client's parser
+        if family.name != "pose_stage_duration_seconds":
+            continue
+        for sample in family.samples:
+            for index, suffix in enumerate(("_sum", "_count")):
+                if sample.name == family.name + suffix:
+                    totals.setdefault(sample.labels["stage"], [0.0, 0.0])[index] = float(sample.value)
     return {stage: (total[0], total[1]) for stage, total in totals.items()}
 
 
