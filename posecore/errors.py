@@ -18,6 +18,7 @@ ERROR_STATUS: dict[str, int] = {
     "too_many_items": 422,
     "unsupported_media_type": 415,
     "payload_too_large": 413,
+    "json_too_complex": 413,  # a JSON body with more values or deeper nesting than any valid request
     "unauthorized": 401,
     "not_found": 404,
     "method_not_allowed": 405,

@@ -48,6 +48,7 @@ _OTHER_FORMATS: tuple[tuple[bytes, int, str], ...] = (
 )
 
 _SUPPORTED = "JPEG, PNG, WebP or BMP"
+_ORIENTATION = 0x0112  # the EXIF Orientation tag
 # Limits for the photos a tool reads from its own disk (evaluation, calibration, the bench): trusted, so only
 # absurd files are refused. The service's own limits are its settings.
 LOCAL_MAX_IMAGE_BYTES = 200_000_000
@@ -140,6 +141,15 @@ def _open_header(prefix: bytes, data: bytes) -> Image.Image:
         raise PoseError("image_too_many_pixels", f"The image has too many pixels: {exc}") from None
     except Exception as exc:
         raise PoseError("corrupt_image", f"The {fmt} header could not be read: {exc}") from None
+
+
+def oriented_size(header: Image.Image) -> tuple[int, int]:
+    """The (width, height) the decoded image will have, EXIF orientation applied, from an opened header."""
+    width, height = header.size
+    with contextlib.suppress(Exception):  # as _apply_exif_orientation: unreadable EXIF leaves the image as is
+        if header.getexif().get(_ORIENTATION) in (5, 6, 7, 8):  # transposed or rotated by 90 degrees
+            return height, width
+    return width, height
 
 
 def _apply_exif_orientation(image: Image.Image) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -18,6 +19,7 @@ from posecore.errors import ModelLoadError
 from service.http_limits import HttpLimits, LimitedHttpToolsProtocol, limited_protocol
 from service.logs import configure_logging
 from service.main import create_app, load_detector, load_model
+from service.memory import limit_arenas
 from service.metrics import Metrics
 from service.settings import Settings
 from service.state import ServiceState
@@ -96,6 +98,7 @@ def http_protocol(settings: Settings, metrics: Metrics) -> type[LimitedHttpTools
 
 
 def main(argv: list[str] | None = None) -> int:
+    limit_arenas(dict(os.environ))  # first: before model loading and the server start threads that allocate
     args = parse_args(argv)
     overrides = {k: v for k, v in {"model_path": args.model, "host": args.host, "port": args.port,
                                    "provider": args.provider, "detector_path": args.detector}.items()

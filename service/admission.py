@@ -14,18 +14,44 @@ from posecore.errors import RETRY_AFTER_S, PoseError
 
 
 class PixelReservation:
-    """Pixels held by one request; `release` is idempotent and thread-safe (called from a worker thread)."""
+    """Pixels held for one request's decoded image. A context manager: the request holds it while it needs the
+    image; a worker thread that works on the image borrows it (`lend` / `returned`), so the pixels go back only
+    when the request is done with them AND no worker still holds the image (a deadline gives up on a worker,
+    it cannot stop it). Thread-safe; `release` is idempotent."""
 
     def __init__(self, budget: PixelBudget, pixels: int) -> None:
         self._budget = budget
         self.pixels = pixels
-        self._open = True
+        self._owned = True
+        self._lent = 0
+        self._returned = False
+
+    def __enter__(self) -> PixelReservation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
     def release(self) -> None:
+        """The request is done with the image."""
         with self._budget._lock:
-            if self._open:
-                self._open = False
-                self._budget._held -= self.pixels
+            self._owned = False
+            self._give_back()
+
+    def lend(self) -> None:
+        """A worker is about to use the image (called before it is queued, so a cancelled one is counted too)."""
+        with self._budget._lock:
+            self._lent += 1
+
+    def returned(self) -> None:
+        with self._budget._lock:
+            self._lent -= 1
+            self._give_back()
+
+    def _give_back(self) -> None:
+        if not self._owned and self._lent == 0 and not self._returned:
+            self._returned = True
+            self._budget._held -= self.pixels
 
 
 class PixelBudget:

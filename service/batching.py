@@ -9,8 +9,10 @@ Crops of different test-time pipelines (official, msra, dark, udp: posecore.code
 request crops and normalises before it submits (the UDP crop's matrix differs, the tensor's form does not), and the
 network maps each crop to its own heatmaps, so what one crop was cut with never touches another's.
 
-- Admission control: at most `max_queue_items` items admitted (queued + running); beyond that `submit`
-  raises PoseError('overloaded') with a Retry-After hint, so overload is a fast 429, not a growing queue.
+- Admission control: at most `max_queue_items` items committed (reserved by announcements, queued, running);
+  beyond that `announce` / `submit` raise PoseError('overloaded') with a Retry-After hint, so overload is a
+  fast 429, not a growing queue. A request reserves its items when it announces itself, before it decodes
+  anything, and its submission turns that reservation into queued items.
 - Waiting: a batch waits up to `max_wait_s` for more items, but only while another request has announced
   that it is preparing items. A lone request is dispatched at once, so batching costs a single client no
   latency, and under concurrency batches fill by themselves while the previous one runs.
@@ -69,18 +71,38 @@ class _Job:
 
 
 class Announcement:
-    """A request that is preparing items: the worker may wait (up to max_wait) for them."""
+    """A request that is preparing items, and the items it reserved: the worker may wait (up to max_wait) for
+    them, and nobody else can take their place. A context manager; `release` is idempotent and thread-safe."""
 
-    def __init__(self, batcher: MicroBatcher) -> None:
+    def __init__(self, batcher: MicroBatcher, items: int) -> None:
         self._batcher = batcher
         self._open = True
+        self.items = items
 
-    def release(self) -> None:
-        with self._batcher._cond:  # an RLock: submit() releases while holding it
-            if self._open:
-                self._open = False
-                self._batcher._announced -= 1
+    def __enter__(self) -> Announcement:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def shrink(self, items: int) -> None:
+        """Keep only `items` of the reservation (a detector found fewer people than it could have)."""
+        with self._batcher._cond:
+            if self._open and items < self.items:
+                self._batcher._reserved -= self.items - items
+                self.items = items
                 self._batcher._cond.notify()
+
+    def release(self) -> int:
+        """Returns the items it still held (0 when released before)."""
+        with self._batcher._cond:  # an RLock: submit() releases while holding it
+            if not self._open:
+                return 0
+            self._open = False
+            self._batcher._announced -= 1
+            self._batcher._reserved -= self.items
+            self._batcher._cond.notify()
+            return self.items
 
 
 class MicroBatcher:
@@ -109,6 +131,7 @@ class MicroBatcher:
         self._queued_items = 0
         self._inflight_items = 0
         self._announced = 0
+        self._reserved = 0  # items announced but not yet submitted
         self._closed = False
         self._thread: threading.Thread | None = None
 
@@ -133,15 +156,22 @@ class MicroBatcher:
     def queued_items(self) -> int:
         return self._queued_items
 
+    @property
+    def reserved_items(self) -> int:
+        """Items announced by requests still preparing them (decoding, detecting, cropping)."""
+        return self._reserved
+
     # -- the event-loop side -----------------------------------------------------------------------
     def announce(self, expected_items: int = 0) -> Announcement:
-        """A request starts preparing items. With `expected_items`, an overloaded batcher refuses it now,
-        before it spends CPU on decoding an image whose items would be refused anyway."""
+        """A request starts preparing items and reserves `expected_items` (at most what it will submit): an
+        overloaded batcher refuses it now, before it spends CPU on decoding an image whose items would be
+        refused anyway, and once admitted its items cannot be refused by others' later."""
         with self._cond:
             if expected_items:
                 self._admit(expected_items)
             self._announced += 1
-        return Announcement(self)
+            self._reserved += expected_items
+        return Announcement(self, expected_items)
 
     async def submit(self, items: np.ndarray, deadline: float, announcement: Announcement | None = None) -> BatchResult:
         """Queue `items` (N, ...); return their outputs (one row each) once every item has been computed.
@@ -152,9 +182,11 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         job = _Job(items=items, deadline=deadline, loop=loop, future=loop.create_future())
         with self._cond:
-            if announcement is not None:
-                announcement.release()
-            self._admit(job.size)
+            covered = 0 if announcement is None else announcement.release()
+            if job.size > covered:  # beyond its reservation: admitted like a new request
+                self._admit(job.size)
+            elif self._closed:
+                raise PoseError("shutting_down", "the service is shutting down", retry_after_s=self.retry_after_s)
             self._queue.append(job)
             self._queued_items += job.size
             self._inflight_items += job.size
@@ -174,10 +206,12 @@ class MicroBatcher:
         if self._closed:
             raise PoseError("shutting_down", "the service is shutting down", retry_after_s=self.retry_after_s)
         # An idle batcher admits any job, so a request larger than the queue limit is still served.
-        if self._inflight_items and self._inflight_items + size > self.max_queue_items:
+        committed = self._inflight_items + self._reserved
+        if committed and committed + size > self.max_queue_items:
             raise PoseError(
                 "overloaded",
-                f"too many {self.unit} in flight ({self._inflight_items} of {self.max_queue_items}); retry later",
+                f"too many {self.unit} in flight or reserved ({committed} + {size} of {self.max_queue_items}); "
+                "retry later",
                 retry_after_s=self.retry_after_s,
             )
 

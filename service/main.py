@@ -83,6 +83,8 @@ def create_app(settings: Settings | None = None, model: LoadedModel | None = Non
         description="POST an image (and person boxes), get 17 COCO keypoints per person. "
         "Check `model.trained` in every response: a random-init export returns meaningless keypoints.",
         lifespan=lifespan,
+        # no 307 from /v2/ to /v2: Starlette would build its Location from the client's Host header
+        redirect_slashes=False,
     )
     app.state.service = state
     install_error_handlers(app, metrics)

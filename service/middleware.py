@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect
 from posecore.errors import ERROR_STATUS, PoseError
 from service.http_limits import TRANSPORT_REFUSAL
 from service.logs import request_id_var
+from service.memory import HANDLED_BYTES, release_after
 from service.metrics import Metrics
 from service.refusals import refusal_answer
 
@@ -39,6 +40,7 @@ class _Exchange:
         self.status = 500
         self.body_complete = False
         self.client_left = False
+        self.body_bytes = 0
 
 
 class RequestContextMiddleware:
@@ -80,6 +82,8 @@ class RequestContextMiddleware:
         finally:
             self._record(app_scope, exchange, time.perf_counter() - started)
             request_id_var.reset(token)
+            # a large body (or one that inflated large) leaves freed pages in malloc's arenas
+            release_after(max(exchange.body_bytes, app_scope["state"].get(HANDLED_BYTES, 0)))
 
     def _watched(self, receive, exchange: _Exchange):
         """Counts body bytes as they arrive (a chunked body without Content-Length is capped too) and notes a
@@ -92,6 +96,7 @@ class RequestContextMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                exchange.body_bytes = seen
                 if seen > limit:
                     raise PoseError("payload_too_large", f"request body over the {limit}-byte limit")
                 if not message.get("more_body", False):

@@ -9,6 +9,7 @@ its description), a row in FIELDS, and its use in `build_request` / `PoseRequest
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import functools
@@ -25,6 +26,7 @@ from posecore.boxes import parse_boxes
 from posecore.codecs.spec import DECODINGS
 from posecore.contract import BOX_FORMATS, BOXES_DESCRIPTION, PoseOptions
 from posecore.errors import PoseError
+from service.json_limits import check_json_shape, json_value_limit
 
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "application/octet-stream")
 
@@ -185,7 +187,9 @@ async def read_batch_request(request: Request, defaults: RequestDefaults,
     ones (malformed body, too many items, a bad call-level field) raise."""
     kind = media_type(request)
     if kind == "application/json":
-        return _batch_from_json(await request.body(), defaults, max_items)
+        body = await request.body()
+        # CPU-bound on a hostile body (its structure is counted, then parsed, base64 decoded): off the event loop
+        return await asyncio.to_thread(_batch_from_json, body, defaults, max_items)
     if kind == "multipart/form-data":
         form = await request.form(max_files=max_items + 1, max_fields=len(FIELDS) + 1)
         files = [f for f in form.getlist("images") if isinstance(f, UploadFile)]
@@ -205,6 +209,7 @@ async def read_batch_request(request: Request, defaults: RequestDefaults,
 
 
 def _batch_from_json(body: bytes, defaults: RequestDefaults, max_items: int) -> list[PoseRequest | PoseError]:
+    check_json_shape(body, json_value_limit(max_items, defaults.max_boxes))
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):

@@ -1,9 +1,12 @@
 """The serving layer: the pure pose codec run for concurrent requests, with admission, deadlines and metrics.
 
-    admission (crops announced, pixels reserved from the header) -> decode (worker thread, deadline)
-    -> [no boxes and a detector: letterbox -> detector batcher -> boxes (worker thread)]
-    -> crops (worker thread) -> pose batcher (inference) -> heatmaps to persons (worker thread) -> PoseResult
+    open (image headers read and checked, boxes against the image size: worker thread, the call's deadline)
+    -> admission (crops reserved: the boxes', or the detector's most; pixels reserved) -> decode (worker)
+    -> [no boxes and a detector: letterbox (worker) -> detector batcher -> boxes (worker)]
+    -> crops (worker) -> pose batcher (inference) -> heatmaps to persons (worker) -> PoseResult
 
+Every reservation a request holds is a context manager entered in `_estimate`'s one ExitStack and released
+when it exits, whatever happens. A call (one image, a batch, a v2 request) has one deadline for all its items.
 Each stage's latency is recorded here, where it runs. Nothing here knows HTTP: the routers turn PoseRequests
 into PoseResults through `estimate` / `estimate_many` and serialise them.
 """
@@ -16,27 +19,29 @@ import contextvars
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
 
-from posecore.boxes import whole_image_box
+from posecore.boxes import fit_to_image, whole_image_box
 from posecore.codec import PersonPose, PoseCodec, Prepared
 from posecore.contract import Stage
 from posecore.detection import PersonDetector
-from posecore.detection.letterbox import Ratio
 from posecore.errors import PoseError
-from posecore.imaging import decode_opened, read_header
+from posecore.imaging import decode_opened, oriented_size, read_header
 from service.admission import PixelBudget, PixelReservation
 from service.batching import Announcement, MicroBatcher
+from service.calls import ItemNamer, run_call
+from service.memory import release_after
 from service.metrics import Metrics
 from service.request import PoseRequest
 
 T = TypeVar("T")
+Draw = Callable[[np.ndarray, list[PersonPose]], bytes]
 
 
 @dataclass(frozen=True)
@@ -51,14 +56,7 @@ class PoseResult:
     flip: bool
     persons: list[PersonPose]
     timings_s: dict[Stage, float]
-    image: np.ndarray | None = None  # the decoded RGB image, kept only when asked for (render)
-    reservation: PixelReservation | None = None  # its pixels, held while the image is kept
     decode: str = "official"  # the test-time pipeline that ran (posecore.codecs.spec)
-
-    def release_image(self) -> None:
-        self.image = None
-        if self.reservation is not None:
-            self.reservation.release()
 
 
 @dataclass(frozen=True)
@@ -69,13 +67,18 @@ class DetectorStage:
     batcher: MicroBatcher
 
 
-@dataclass
-class _Decoded:
-    image: np.ndarray
-    prepared: Prepared | None  # None while the detector has yet to find the people
-    timings_s: dict[Stage, float] = field(default_factory=dict)
-    detector_input: np.ndarray | None = None  # (3, S, S) letterboxed, when detecting
-    ratio: Ratio = 1.0  # the detector letterbox's (posecore.detection.letterbox)
+@dataclass(frozen=True)
+class OpenedImage:
+    """A request whose image header was read and checked, and its boxes against the image's size: everything
+    that can be refused without decoding has been. Nothing is decoded yet."""
+
+    request: PoseRequest
+    header: Image.Image
+
+    @property
+    def pixels(self) -> int:
+        width, height = self.header.size
+        return width * height
 
 
 class PoseService:
@@ -107,133 +110,156 @@ class PoseService:
     def close(self) -> None:
         self.executor.shutdown(wait=False)
 
+    def deadline(self) -> float:
+        """A new call's deadline (time.monotonic()): every stage of every item of the call runs before it."""
+        return time.monotonic() + self.request_timeout_s
+
     # -- one image -----------------------------------------------------------------------------------------
     async def estimate(self, request: PoseRequest) -> PoseResult:
         """Raises PoseError: a refusal of the image or its boxes (4xx), overloaded (429), shutting_down (503),
         deadline_exceeded (504) or inference_failed (500)."""
-        return await self._estimate(request, keep_image=False)
+        deadline = self.deadline()
+        (opened,) = await self._open_checked([request], deadline)
+        result, _ = await self._estimate(opened, deadline)
+        return result
 
-    async def render(self, request: PoseRequest, draw: Callable[[np.ndarray, list[PersonPose]], bytes],
-                     ) -> tuple[PoseResult, bytes]:
+    async def render(self, request: PoseRequest, draw: Draw) -> tuple[PoseResult, bytes]:
         """estimate, then `draw(image, persons) -> encoded bytes` in a worker thread; the image's pixels stay
         reserved until it is drawn."""
-        deadline = time.monotonic() + self.request_timeout_s
-        result = await self._estimate(request, keep_image=True)
-        try:
-            assert result.image is not None
-            encoded = await self._in_worker(deadline, draw, result.image, result.persons)
-        finally:
-            result.release_image()
+        deadline = self.deadline()
+        (opened,) = await self._open_checked([request], deadline)
+        result, encoded = await self._estimate(opened, deadline, draw)
+        assert encoded is not None
         return result, encoded
 
-    async def _estimate(self, request: PoseRequest, keep_image: bool) -> PoseResult:
-        deadline = time.monotonic() + self.request_timeout_s
-        self.codec.pipeline(request.decode)  # a decoding the card does not allow is refused before any work
-        boxes = request.boxes
-        detection = self.detection if boxes is None and request.detect else None
-        expected_crops = (1 if boxes is None else len(boxes)) * (2 if request.flip else 1)
-        header = read_header(request.image, self.limits.max_image_bytes, self.limits.max_image_pixels)
-        width, height = header.size
-        # refused now, before decoding, when the crops (or the detector's images) would be refused
-        announcement = self.batcher.announce(expected_crops)
-        announcements = [announcement]
-        reservation: PixelReservation | None = None
-        decoding_done = False
-        try:
-            if detection is not None:
-                announcements.append(detection.batcher.announce(1))
-            reservation = self.pixels.reserve(width * height)
-            # while a worker decodes, the worker releases the pixels (even after the deadline gave up on it)
-            decoded = await self._in_worker(deadline, self._decode, request, header, reservation, keep_image,
-                                            detection is not None)
-            decoding_done = True
-            if detection is not None:
-                decoded = await self._detect(detection, decoded, request, reservation, keep_image, deadline,
-                                             announcements[1])
-            prepared = decoded.prepared
-            assert prepared is not None
-            timings = dict(decoded.timings_s)
-            if len(prepared.inputs):
-                batch = await self.batcher.submit(prepared.inputs, deadline, announcement)
-                maps = batch.outputs
-                timings |= {Stage.QUEUE: batch.queue_s, Stage.INFERENCE: batch.inference_s}
-            else:  # an explicit empty box list, or nobody detected: nobody to look at
-                announcement.release()
-                maps = np.zeros((0,), np.float32)
-                timings |= {Stage.QUEUE: 0.0, Stage.INFERENCE: 0.0}
-            started = time.perf_counter()
-            # off the event loop too: with many boxes and the flip test, decoding takes tens of milliseconds
-            persons = await self._in_worker(deadline, self.codec.persons, prepared, maps)
-            timings[Stage.POSTPROCESS] = time.perf_counter() - started
-        except BaseException:
-            for each in announcements:
-                each.release()
-            if reservation is not None and (decoding_done or keep_image):
-                reservation.release()
-            raise
-        self._record(timings, len(persons))
-        if keep_image:
-            return PoseResult(prepared.image_wh, prepared.flip, persons, timings, decoded.image, reservation,
-                              decode=prepared.pipeline.decoding)
-        return PoseResult(prepared.image_wh, prepared.flip, persons, timings, decode=prepared.pipeline.decoding)
+    async def open(self, requests: Sequence[PoseRequest], deadline: float) -> list[OpenedImage | PoseError]:
+        """Every image's header read and checked, and its boxes against its size, in one worker thread (a JPEG's
+        structure walk is long for a large file): each item's OpenedImage, or the PoseError refusing it."""
+        return await self._in_worker(deadline, self._open_all, list(requests))
 
-    def _decode(self, request: PoseRequest, header: Image.Image, reservation: PixelReservation, keep_image: bool,
-                detect: bool) -> _Decoded:
-        """In a worker thread: decode, then either crop (boxes given, or the whole image) or letterbox for the
-        detector. The pixels stay reserved while the full image exists: until the crops are made, or (keep_image)
-        until the request is done with it."""
-        done = True
+    async def _open_checked(self, requests: Sequence[PoseRequest], deadline: float) -> list[OpenedImage]:
+        checked = []
+        for item in await self.open(requests, deadline):
+            if isinstance(item, PoseError):
+                raise item
+            checked.append(item)
+        return checked
+
+    def _open_all(self, requests: list[PoseRequest]) -> list[OpenedImage | PoseError]:
+        return [self._open_one(request) for request in requests]
+
+    def _open_one(self, request: PoseRequest) -> OpenedImage | PoseError:
         try:
-            started = time.perf_counter()
-            image = decode_opened(header)  # the header was read and checked at admission
-            decoded = time.perf_counter()
-            timings = {Stage.DECODE: decoded - started}
-            if detect and self.detection is not None:
-                done = False
-                detector_input, ratio = self.detection.detector.prepare(image)
-                timings[Stage.DETECT] = time.perf_counter() - decoded
-                return _Decoded(image, None, timings, detector_input, ratio)
+            self.codec.pipeline(request.decode)  # a decoding the card does not allow is refused before any work
+            header = read_header(request.image, self.limits.max_image_bytes, self.limits.max_image_pixels)
+            if request.boxes is not None and len(request.boxes):
+                fit_to_image(request.boxes, oriented_size(header))  # refused now, not after decoding
+        except PoseError as error:
+            return error
+        return OpenedImage(request, header)
+
+    async def _estimate(self, opened: OpenedImage, deadline: float,
+                        draw: Draw | None = None) -> tuple[PoseResult, bytes | None]:
+        request = opened.request
+        detection = self.detection if request.boxes is None and request.detect else None
+        views = 2 if request.flip else 1
+        timings: dict[Stage, float] = {}
+        with contextlib.ExitStack() as held:
+            held.callback(release_after, 3 * opened.pixels)  # last: a large image's freed pages go back
+            # reserved before any decoding: refused now (429) when the crops, the detector's image or the
+            # pixels would be refused later
+            crops = held.enter_context(self.batcher.announce(crops_at_most(request, detection)))
+            finding = held.enter_context(detection.batcher.announce(1)) if detection is not None else None
+            image_held = held.enter_context(contextlib.ExitStack())  # the decoded image's lifetime
+            pixels = image_held.enter_context(self.pixels.reserve(opened.pixels))
+            image = await self._in_worker(deadline, _timed(timings, Stage.DECODE, _decode), opened.header,
+                                          holding=pixels)
             height, width = image.shape[:2]
-            boxes = whole_image_box((width, height)) if request.boxes is None else request.boxes
-            prepared = self.codec.crops(image, boxes, request.flip, request.decode)
-            timings[Stage.PREPROCESS] = time.perf_counter() - decoded
-            return _Decoded(image, prepared, timings)
-        finally:
-            if done and not keep_image:
-                reservation.release()
+            if request.boxes is not None:
+                boxes = request.boxes
+            elif detection is not None and finding is not None:
+                boxes = await self._find_people(detection, image, pixels, finding, deadline, timings)
+                crops.shrink(len(boxes) * views)
+            else:
+                boxes = whole_image_box((width, height))
+            prepared = await self._in_worker(deadline, _timed(timings, Stage.PREPROCESS, self.codec.crops), image,
+                                             boxes, request.flip, request.decode, holding=pixels)
+            if draw is None:  # the full image is not needed any more: its pixels go back now
+                del image
+                image_held.close()
+            persons = await self._persons(prepared, crops, deadline, timings)
+            encoded = None
+            if draw is not None:
+                encoded = await self._in_worker(deadline, draw, image, persons, holding=pixels)
+        self._record(timings, len(persons))
+        return PoseResult(prepared.image_wh, prepared.flip, persons, timings, prepared.pipeline.decoding), encoded
 
-    async def _detect(self, detection: DetectorStage, decoded: _Decoded, request: PoseRequest,
-                      reservation: PixelReservation, keep_image: bool, deadline: float,
-                      announcement: Announcement) -> _Decoded:
-        """The detector's batcher finds the people; their boxes (with the detector's scores) are then cropped."""
-        assert decoded.detector_input is not None
+    async def _persons(self, prepared: Prepared, crops: Announcement, deadline: float,
+                       timings: dict[Stage, float]) -> list[PersonPose]:
+        """The crops through the pose batcher (their reservation becomes the queued job), then the persons."""
+        if len(prepared.inputs):
+            batch = await self.batcher.submit(prepared.inputs, deadline, crops)
+            maps = batch.outputs
+            timings |= {Stage.QUEUE: batch.queue_s, Stage.INFERENCE: batch.inference_s}
+        else:  # an explicit empty box list, or nobody detected: nobody to look at
+            crops.release()
+            maps = np.zeros((0,), np.float32)
+            timings |= {Stage.QUEUE: 0.0, Stage.INFERENCE: 0.0}
+        # off the event loop too: with many boxes and the flip test, decoding takes tens of milliseconds
+        return await self._in_worker(deadline, _timed(timings, Stage.POSTPROCESS, self.codec.persons), prepared, maps)
+
+    # -- a decoded video frame -------------------------------------------------------------------------------
+    async def estimate_frame(self, image: np.ndarray, boxes: np.ndarray | None, flip: bool,
+                             deadline: float) -> PoseResult:
+        """A decoded RGB frame through the same detector, crops, batcher and heatmap decoding as an image (so its
+        keypoints equal those of the frame POSTed as a PNG). `boxes` None: the detector finds the people (the
+        whole frame is one person without one). `deadline` is the whole video's. Its crops (the detector's most,
+        when detecting) are reserved first, as an image's."""
+        detection = self.detection if boxes is None else None
+        views = 2 if flip else 1
+        height, width = image.shape[:2]
+        timings: dict[Stage, float] = {}
+        with contextlib.ExitStack() as held:
+            crops = held.enter_context(self.batcher.announce(_crops_at_most(boxes, detection, flip)))
+            if detection is not None:
+                finding = held.enter_context(detection.batcher.announce(1))
+                boxes = await self._find_people(detection, image, None, finding, deadline, timings)
+                crops.shrink(len(boxes) * views)
+            frame_boxes = whole_image_box((width, height)) if boxes is None else boxes
+            prepared = await self._in_worker(deadline, _timed(timings, Stage.PREPROCESS, self.codec.crops), image,
+                                             frame_boxes, flip)
+            persons = await self._persons(prepared, crops, deadline, timings)
+        self._record(timings, len(persons))
+        return PoseResult(prepared.image_wh, prepared.flip, persons, timings, prepared.pipeline.decoding)
+
+    async def _find_people(self, detection: DetectorStage, image: np.ndarray, pixels: PixelReservation | None,
+                           finding: Announcement, deadline: float, timings: dict[Stage, float]) -> np.ndarray:
+        """The detection step: the image letterboxed, the detector's batcher, its rows decoded to person boxes."""
         started = time.perf_counter()
-        batch = await detection.batcher.submit(decoded.detector_input[None], deadline, announcement)
-        waited = time.perf_counter() - started
+        letterboxed, ratio = await self._in_worker(deadline, detection.detector.prepare, image, holding=pixels)
+        batch = await detection.batcher.submit(letterboxed[None], deadline, finding)
+        height, width = image.shape[:2]
+        boxes = await self._in_worker(deadline, detection.detector.boxes, batch.outputs[0], ratio, (width, height))
+        timings[Stage.DETECT] = time.perf_counter() - started
+        return boxes
 
-        def boxes_then_crops() -> _Decoded:
-            try:
-                began = time.perf_counter()
-                height, width = decoded.image.shape[:2]
-                boxes = detection.detector.boxes(batch.outputs[0], decoded.ratio, (width, height))
-                cropping = time.perf_counter()
-                prepared = self.codec.crops(decoded.image, boxes, request.flip, request.decode)
-                timings = {**decoded.timings_s, Stage.PREPROCESS: time.perf_counter() - cropping}
-                timings[Stage.DETECT] += waited + (cropping - began)
-                return _Decoded(decoded.image, prepared, timings)
-            finally:
-                if not keep_image:
-                    reservation.release()
-
-        return await self._in_worker(deadline, boxes_then_crops)
-
-    async def _in_worker(self, deadline: float, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn` in a preparation thread under the request's deadline (the thread itself cannot be stopped;
-        its result is dropped)."""
+    async def _in_worker(self, deadline: float, fn: Callable[..., T], *args: Any,
+                         holding: PixelReservation | None = None) -> T:
+        """Run `fn` in a preparation thread under the call's deadline (the thread itself cannot be stopped; its
+        result is dropped). `holding`: the pixels `fn` works on, lent to it until it has finished."""
         context = contextvars.copy_context()  # keeps the request ID for any log line
-        future = asyncio.get_running_loop().run_in_executor(self.executor, context.run, fn, *args)
+        if holding is not None:
+            holding.lend()
         try:
-            return await asyncio.wait_for(future, timeout=max(0.0, deadline - time.monotonic()))
+            work = self.executor.submit(context.run, fn, *args)
+        except BaseException:
+            if holding is not None:
+                holding.returned()
+            raise
+        if holding is not None:
+            work.add_done_callback(lambda _: holding.returned())  # also when cancelled before it started
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(work), timeout=max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:
             raise PoseError("deadline_exceeded", "the request's deadline passed while its image was being worked on",
                             retry_after_s=self.batcher.retry_after_s) from None
@@ -241,75 +267,67 @@ class PoseService:
     def _record(self, timings_s: dict[Stage, float], persons: int) -> None:
         self.metrics.observe_request(timings_s, persons)
 
-    # -- a decoded video frame -------------------------------------------------------------------------------
-    async def estimate_frame(self, image: np.ndarray, boxes: np.ndarray | None, flip: bool,
-                             deadline: float) -> PoseResult:
-        """A decoded RGB frame through the same detector, crops, batcher and heatmap decoding as an image (so its
-        keypoints equal those of the frame POSTed as a PNG). `boxes` None: the detector finds the people (the
-        whole frame is one person without one). `deadline` is the whole video's."""
-        detection = self.detection if boxes is None else None
-        height, width = image.shape[:2]
-        announcement = self.batcher.announce((1 if boxes is None else len(boxes)) * (2 if flip else 1))
-        announcements = [announcement]
-        timings: dict[Stage, float] = {}
-        try:
-            if detection is not None:
-                announcements.append(detection.batcher.announce(1))
-                started = time.perf_counter()
-                detector_input, ratio = await self._in_worker(deadline, detection.detector.prepare, image)
-                batch = await detection.batcher.submit(detector_input[None], deadline, announcements[1])
-                boxes = await self._in_worker(deadline, detection.detector.boxes, batch.outputs[0], ratio,
-                                              (width, height))
-                timings[Stage.DETECT] = time.perf_counter() - started
-            started = time.perf_counter()
-            frame_boxes = whole_image_box((width, height)) if boxes is None else boxes
-            prepared = await self._in_worker(deadline, self.codec.crops, image, frame_boxes, flip)
-            timings[Stage.PREPROCESS] = time.perf_counter() - started
-            if len(prepared.inputs):
-                result = await self.batcher.submit(prepared.inputs, deadline, announcement)
-                maps = result.outputs
-                timings |= {Stage.QUEUE: result.queue_s, Stage.INFERENCE: result.inference_s}
-            else:
-                announcement.release()
-                maps = np.zeros((0,), np.float32)
-                timings |= {Stage.QUEUE: 0.0, Stage.INFERENCE: 0.0}
-            started = time.perf_counter()
-            persons = await self._in_worker(deadline, self.codec.persons, prepared, maps)
-            timings[Stage.POSTPROCESS] = time.perf_counter() - started
-        except BaseException:
-            for each in announcements:
-                each.release()
-            raise
-        self._record(timings, len(persons))
-        return PoseResult(prepared.image_wh, prepared.flip, persons, timings, decode=prepared.pipeline.decoding)
-
     # -- a batch call ----------------------------------------------------------------------------------------
-    async def estimate_many(self, requests: Sequence[PoseRequest | PoseError],
+    async def estimate_many(self, requests: Sequence[PoseRequest | PoseError], *, name_error: ItemNamer | None = None,
                             concurrency: int = 4) -> list[PoseResult | PoseError]:
-        """Every item's result or error, in order (items that failed to parse are passed through).
+        """Every item's result or error, in order (items that failed to parse are passed through), under one
+        deadline for the whole call. Every image header is read and checked before any item's work starts.
 
-        A call admits its own items: an item refused as overloaded while the call's own items hold the capacity
-        waits for one of them and tries again, so an acceptable call on an idle server is never refused in part.
-        The first item runs alone: if it is refused as overloaded, the whole call is (429), before other work.
+        `name_error`: the call succeeds or fails as a whole (v2): its first error, named by
+        `name_error(error, index)`, is raised before any work when validation finds it, else as soon as an item
+        fails, and the other items are cancelled (their queued crops dropped uncomputed).
+        Otherwise a batch call admits its own items: see service/calls.py.
         """
-        results: list[PoseResult | PoseError | None] = [r if isinstance(r, PoseError) else None for r in requests]
-        pending = [(i, r) for i, r in enumerate(requests) if isinstance(r, PoseRequest)]
-        own = _OwnItems()
-        if pending:
-            index, first = pending[0]
-            results[index] = await own.run(lambda: self.estimate(first), refuse_call=True)
-        gate = asyncio.Semaphore(concurrency)
+        deadline = self.deadline()
+        pending = [r for r in requests if isinstance(r, PoseRequest)]
+        opened = iter(await self.open(pending, deadline)) if pending else iter(())
+        items: list[OpenedImage | PoseError] = [r if isinstance(r, PoseError) else next(opened) for r in requests]
+        if name_error is not None:
+            for index, item in enumerate(items):
+                if isinstance(item, PoseError):
+                    raise name_error(item, index)
 
-        async def one(index: int, item: PoseRequest) -> None:
-            async with gate:
-                results[index] = await own.run(lambda: self.estimate(item))
+        async def one(item: OpenedImage) -> PoseResult:
+            result, _ = await self._estimate(item, deadline)
+            return result
 
-        await asyncio.gather(*(one(i, r) for i, r in pending[1:]))
-        answered: list[PoseResult | PoseError] = []
-        for result in results:  # every slot is filled: one answer per item, in order
-            assert result is not None
-            answered.append(result)
-        return answered
+        return await run_call(items, one, deadline, name_error=name_error, concurrency=concurrency,
+                              retry_after_s=self.batcher.retry_after_s)
+
+
+def crops_at_most(request: PoseRequest, detection: DetectorStage | None) -> int:
+    """The crops a request may submit: its boxes', or with the detector to run, the most it keeps (x 2 with the
+    flip test). Reserved before its image is decoded, so it is never refused after the work."""
+    return _crops_at_most(request.boxes, detection if request.detect else None, request.flip)
+
+
+def _crops_at_most(boxes: np.ndarray | None, detection: DetectorStage | None, flip: bool) -> int:
+    views = 2 if flip else 1
+    if boxes is not None:
+        return len(boxes) * views
+    if detection is not None:
+        return detection.detector.max_boxes * views
+    return views
+
+
+def _decode(header: Image.Image) -> np.ndarray:
+    """The image's RGB pixels; Pillow's own decoded buffer is closed at once (the array is a copy), not when the
+    call ends: 4 bytes a pixel less held while the crops are computed."""
+    try:
+        return decode_opened(header)
+    finally:
+        header.close()
+
+
+def _timed(timings: dict[Stage, float], stage: Stage, fn: Callable[..., T]) -> Callable[..., T]:
+    """`fn`, recording its own running time (in its worker thread, not its wait for one) as `stage`."""
+    def run(*args: Any) -> T:
+        started = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            timings[stage] = time.perf_counter() - started
+    return run
 
 
 def _yield_to_inference() -> None:
@@ -318,34 +336,3 @@ def _yield_to_inference() -> None:
     thread that preempts one of them stalls them all. Niced, preparation fills the gaps instead."""
     with contextlib.suppress(AttributeError, OSError):  # not Linux, or not permitted: normal priority
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-
-
-class _OwnItems:
-    """The items of one batch call in flight; an overloaded item waits while its siblings hold the capacity."""
-
-    def __init__(self) -> None:
-        self.inflight = 0
-        self.finished = 0
-        self._changed = asyncio.Event()
-
-    async def run(self, attempt: Callable[[], Awaitable[PoseResult]],
-                  refuse_call: bool = False) -> PoseResult | PoseError:
-        while True:
-            self.inflight += 1
-            try:
-                return await attempt()
-            except PoseError as error:
-                if error.code != "overloaded":
-                    return error
-                if self.inflight <= 1:  # nothing of ours holds the capacity: others do
-                    if refuse_call:
-                        raise
-                    return error
-                seen = self.finished
-            finally:
-                self.inflight -= 1
-                self.finished += 1
-                self._changed.set()
-                self._changed = asyncio.Event()
-            while self.finished == seen + 1:  # + 1: our own failed attempt
-                await self._changed.wait()

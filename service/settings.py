@@ -42,8 +42,9 @@ class Settings(BaseSettings):
     flip_test: bool = Field(False, description="Default for the flip query parameter (2x compute, ~+1 AP).")
     max_batch_size: int = Field(8, ge=1, description="Most crops in one inference batch.")
     max_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits for more crops.")
-    max_queue_crops: int = Field(64, ge=1, description="Admitted crops (queued + running) before 429.")
-    request_timeout_s: float = Field(30.0, gt=0, description="Deadline for one request's crops.")
+    max_queue_crops: int = Field(64, ge=1, description="Committed crops (reserved, queued, running) "
+                                 "before 429.")
+    request_timeout_s: float = Field(30.0, gt=0, description="Deadline of one call (all its images), every stage.")
 
     # limits
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest accepted image file.")

@@ -7,6 +7,7 @@ Fixtures stay in conftest.py; plain functions and constants live here (`from tes
 
 from __future__ import annotations
 
+import base64
 import io
 import socket
 from pathlib import Path
@@ -116,3 +117,15 @@ def rss_bytes(pid: int | str = "self") -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"VmRSS not found for process {pid}")
+
+
+# ---- request bodies -------------------------------------------------------------------------------------------
+def person_boxes(n: int) -> list[list[float]]:
+    """`n` distinct boxes (x, y, w, h) that fit a 160 x 240 image."""
+    return [[5.0 + i % 10, 5.0 + i % 7, 40.0, 80.0] for i in range(n)]
+
+
+def v2_image_input(*images: bytes) -> dict[str, Any]:
+    """The Open Inference Protocol's `image` input (BYTES [B]) in JSON, base64-encoded."""
+    return {"name": "image", "shape": [len(images)], "datatype": "BYTES", "parameters": {"content_type": "base64"},
+            "data": [base64.b64encode(i).decode() for i in images]}

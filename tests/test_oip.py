@@ -41,6 +41,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402  (after th
 PHOTO = (ROOT / "examples" / "000000000785.jpg").read_bytes()  # COCO val2017, CC BY 2.0; 640x425
 BOXES = np.array([[277.1183, 45.6997, 225.0913, 333.5603, 0.98], [20.5, 30.25, 120.125, 220.75, 0.5]], np.float32)
 MODEL = "tiny"
+JSON_VALUES = 10_000  # the bound on a request header's JSON values (the service derives its own from settings)
 KEY = "oip-test-key"
 
 
@@ -312,14 +313,18 @@ def binary_request(header: dict, tail: bytes) -> tuple[bytes, int]:
     return head + tail, len(head)
 
 
+def parse(body: bytes, json_length: int | None):
+    return parse_infer_request(body, json_length, JSON_VALUES)
+
+
 def test_binary_and_json_tensors_parse_alike() -> None:
     boxes = np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.float32)
     body, length = binary_request({"inputs": [
         {"name": "image", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": 4 + 3 + 4 + 0}},
         {"name": "boxes", "shape": [2, 4], "datatype": "FP32", "parameters": {"binary_data_size": 32}}]},
         serialized(b"abc", b"") + boxes.tobytes())
-    binary = parse_infer_request(body, length)
-    nested = parse_infer_request(json.dumps({"inputs": [
+    binary = parse(body, length)
+    nested = parse(json.dumps({"inputs": [
         {"name": "image", "shape": [2], "datatype": "BYTES", "data": ["abc", ""]},
         {"name": "boxes", "shape": [2, 4], "datatype": "FP32", "data": [[1, 2, 3, 4], [5, 6, 7, 8]]}]}).encode(), None)
     for parsed in (binary, nested):
@@ -360,7 +365,7 @@ def test_binary_and_json_tensors_parse_alike() -> None:
 ])
 def test_malformed_requests_are_400(head: bytes, tail: bytes | None, fragment: str) -> None:
     with pytest.raises(PoseError) as refused:
-        parse_infer_request(head + (tail or b""), None if tail is None else len(head))
+        parse(head + (tail or b""), None if tail is None else len(head))
     assert refused.value.status == 400 and fragment in refused.value.message, refused.value.message
 
 
@@ -389,7 +394,7 @@ def test_binary_answers_read_back_by_tritonclient() -> None:
     keypoints = np.arange(2 * 17 * 3, dtype=np.float32).reshape(2, 17, 3) / 7
     outputs = [OutputTensor("keypoints", "FP32", keypoints), OutputTensor("image_index", "INT32",
                                                                          np.array([0, 3], np.int32))]
-    request = parse_infer_request(json.dumps({"id": "r", "inputs": [{"name": "x", "shape": [1], "datatype": "FP32",
+    request = parse(json.dumps({"id": "r", "inputs": [{"name": "x", "shape": [1], "datatype": "FP32",
                                                                     "data": [1]}],
                                               "outputs": [{"name": "image_index", "parameters": {"binary_data": False}},
                                                           {"name": "keypoints", "parameters": {"binary_data": True}}]
@@ -402,5 +407,5 @@ def test_binary_answers_read_back_by_tritonclient() -> None:
     np.testing.assert_array_equal(result.as_numpy("image_index"), [0, 3])
     assert result.get_response()["id"] == "r"
     with pytest.raises(PoseError, match="unknown output"):
-        select_outputs(parse_infer_request(b'{"inputs": [{"name": "x", "shape": [0], "datatype": "FP32", '
+        select_outputs(parse(b'{"inputs": [{"name": "x", "shape": [0], "datatype": "FP32", '
                                            b'"data": []}], "outputs": [{"name": "heatmaps"}]}', None), outputs)

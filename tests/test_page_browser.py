@@ -157,6 +157,26 @@ def test_page_draws_every_detected_person_with_their_box(tiny_onnx, browser_page
     assert all(any(is_box_green(p) for p in pixels[i:i + 3]) for i in range(0, len(pixels), 3)), pixels
 
 
+def test_with_api_keys_the_page_asks_for_one_and_its_calls_work(tiny_onnx, browser_page, tmp_path):
+    """With POSE_API_KEYS set the page loaded but its own calls got 401 (issue 18, point 10): it now asks for a key
+    and sends it (X-API-Key) with every call."""
+    page = browser_page
+    with LiveServer(tiny_onnx, env={"POSE_API_KEYS": "page-test-key"}) as server:
+        page.goto(f"{server.base_url}/")
+        page.locator("#apikey").wait_for(state="visible", timeout=15_000)
+        assert "API key" in page.locator("#error").inner_text()
+        page.fill("#apikey", "page-test-key")
+        page.click("#usekey")
+        page.locator("#warning").wait_for(state="visible", timeout=15_000)  # /v1/model answered with the key
+        with page.expect_response(lambda r: r.url.endswith("/v1/pose") and r.request.method == "POST",
+                                  timeout=30_000) as pose_call:
+            page.set_input_files("#file", str(photo_file(tmp_path)))
+        assert pose_call.value.status == 200, pose_call.value.text()
+        page.wait_for_function("Number(document.getElementById('canvas').dataset.keypointsDrawn) > 0",
+                               timeout=30_000)
+        assert page.locator("#error").inner_text() == ""
+
+
 def test_the_video_tab_plays_the_video_with_the_tracked_skeletons_drawn(browser_page, tmp_path):
     """The video tab streams /v1/pose/video's NDJSON and draws each shown frame's people with their track IDs."""
     from tests.detector_model import build_scene_detector

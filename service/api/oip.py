@@ -3,6 +3,7 @@ and metrics as /v1. The protocol itself is service/oip/; errors answer in its fo
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -12,6 +13,8 @@ from posecore.errors import PoseError
 from service.api.deps import ready_service, request_defaults, service_state
 from service.api.openapi import error_responses
 from service.api.pose import cancel_on_disconnect
+from service.json_limits import json_value_limit
+from service.memory import HANDLED_BYTES
 from service.oip import contract
 from service.oip.encoding import inflate
 from service.oip.schemas import (
@@ -25,8 +28,16 @@ from service.oip.schemas import (
     Ready,
     ServerMetadata,
 )
-from service.oip.tensors import InferResponse, encode_response, header_length, parse_infer_request, select_outputs
-from service.request import RequestDefaults
+from service.oip.tensors import (
+    InferRequest,
+    InferResponse,
+    check_requested_outputs,
+    encode_response,
+    header_length,
+    parse_infer_request,
+    select_outputs,
+)
+from service.request import PoseRequest, RequestDefaults
 from service.serving import PoseResult, PoseService
 from service.state import ServiceState
 
@@ -170,23 +181,34 @@ async def version_infer(request: Request, model_name: str, model_version: str,
 
 async def _infer(request: Request, state: ServiceState, model_name: str, defaults: RequestDefaults,
                  poser: PoseService) -> Response:
-    body = inflate(await request.body(), request.headers.get("content-encoding"), state.settings.max_body_bytes)
-    parsed = parse_infer_request(body, header_length(request.headers.get(HEADER_LENGTH), len(body)))
-    items = contract.pose_requests(parsed, defaults, state.settings.max_batch_items)
-    outcomes = await cancel_on_disconnect(request, poser.estimate_many(items))
-    results = [_result_or_raise(outcome, i, len(outcomes)) for i, outcome in enumerate(outcomes)]
+    settings = state.settings
+    body = await request.body()
+    encoding, json_length = request.headers.get("content-encoding"), request.headers.get(HEADER_LENGTH)
+    output_names = contract.output_names(_num_keypoints(state))
+
+    def read() -> tuple[InferRequest, list[PoseRequest]]:
+        """Everything about the call that can be refused without an image decoded: inflating, the JSON's
+        structure, the tensors (an input's shape before its data), the requested outputs, the parameters."""
+        inflated = inflate(body, encoding, settings.max_body_bytes)
+        request.scope["state"][HANDLED_BYTES] = len(inflated)  # trimmed after the answer (service/memory.py)
+        parsed = parse_infer_request(inflated, header_length(json_length, len(inflated)),
+                                     json_value_limit(settings.max_batch_items, settings.max_boxes),
+                                     contract.input_check(settings.max_batch_items, settings.max_boxes))
+        check_requested_outputs(parsed, output_names)
+        return parsed, contract.pose_requests(parsed, defaults, settings.max_batch_items)
+
+    parsed, items = await asyncio.to_thread(read)  # CPU-bound on a hostile body: never on the event loop
+
+    def name_error(error: PoseError, index: int) -> PoseError:  # a v2 call succeeds or fails as a whole
+        return contract.for_image(error, index, len(items))
+
+    outcomes = await cancel_on_disconnect(request, poser.estimate_many(items, name_error=name_error))
+    results = [outcome for outcome in outcomes if isinstance(outcome, PoseResult)]
+    assert len(results) == len(outcomes)  # estimate_many raised the first error
     outputs, binary = select_outputs(parsed, contract.pose_outputs(results, _num_keypoints(state)))
     parameters = {"decode": results[0].decode} if results else None  # one call, one decode parameter
-    content, json_length = encode_response(InferResponse(model_name, contract.MODEL_VERSION, outputs, parsed.id,
-                                                         binary, parameters))
-    if json_length is None:
+    content, json_length_out = encode_response(InferResponse(model_name, contract.MODEL_VERSION, outputs,
+                                                             parsed.id, binary, parameters))
+    if json_length_out is None:
         return Response(content, media_type="application/json")
-    return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_length)})
-
-
-def _result_or_raise(outcome: PoseResult | PoseError, index: int, count: int) -> PoseResult:
-    """A v2 call succeeds or fails as a whole: the first failed image's error is the answer."""
-    if isinstance(outcome, PoseError):
-        raise contract.for_image(outcome, index, count)
-    return outcome
-
+    return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_length_out)})

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from posecore.errors import PoseError
-from service.oip.tensors import BYTES, InferRequest, OutputTensor, Tensor, bad
+from service.oip.tensors import BYTES, InferRequest, InputCheck, OutputTensor, Tensor, bad
 from service.request import FIELDS, PoseRequest, RequestDefaults, build_request
 from service.serving import PoseResult
 
@@ -29,6 +29,7 @@ IMAGE, BOXES, BOX_IMAGE_INDEX = "image", "boxes", "box_image_index"
 BOX_TYPES = ("FP32", "FP64")  # FP32 is the contract; FP64 costs nothing to accept
 INDEX_TYPES = ("INT32", "INT64")
 CALL_FIELDS = {f.name: f for f in FIELDS if not f.per_item}  # box_format, flip, detect, decode: request parameters
+ITEM_FIELDS = {f.name for f in FIELDS if f.per_item}  # boxes: an input tensor here, never a parameter
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,30 @@ def model_config(name: str, num_keypoints: int) -> dict[str, Any]:
 
 
 # -- infer: tensors in -> PoseRequests ---------------------------------------------------------------------
+def input_check(max_images: int, max_boxes: int) -> InputCheck:
+    """The inputs' names, datatypes and shapes, checked before their data are read: an image count over the
+    limit is refused from the shape, before 16 million BYTES elements are split."""
+    def check(name: str, datatype: str, shape: tuple[int, ...]) -> None:
+        if name == IMAGE:
+            if datatype != BYTES or len(shape) != 1:
+                raise bad(f"input 'image' must be BYTES of shape [B], got {datatype} {list(shape)}")
+            if shape[0] > max_images:
+                raise PoseError("too_many_items", f"{shape[0]} images in one call; the limit is {max_images}")
+        elif name == BOXES:
+            if datatype not in BOX_TYPES:
+                raise bad(f"input 'boxes' must be FP32, got {datatype}")
+            if len(shape) != 2 or shape[1] not in (4, 5):
+                raise PoseError("invalid_boxes", f"input 'boxes' must have shape [N, 4] or [N, 5], got {list(shape)}")
+            if shape[0] > max_images * max_boxes:
+                raise PoseError("too_many_boxes", f"{shape[0]} boxes in one call; at most {max_boxes} per image")
+        elif name == BOX_IMAGE_INDEX:
+            if datatype not in INDEX_TYPES or len(shape) != 1:
+                raise bad(f"input 'box_image_index' must be INT32 of shape [N], got {datatype} {list(shape)}")
+        else:
+            raise bad(f"unknown input {name[:100]!r}; the inputs are image, boxes and box_image_index")
+    return check
+
+
 def pose_requests(request: InferRequest, defaults: RequestDefaults, max_images: int) -> list[PoseRequest]:
     """One PoseRequest per image. Raises PoseError: a malformed tensor (400), too many images or boxes (422),
     bad box values (422, naming the image)."""
@@ -84,6 +109,10 @@ def pose_requests(request: InferRequest, defaults: RequestDefaults, max_images: 
     images = _images(request.inputs.get(IMAGE), max_images)
     boxes = _boxes(request.inputs.get(BOXES))
     index = _box_image_index(request.inputs.get(BOX_IMAGE_INDEX), boxes, len(images))
+    misplaced = sorted(ITEM_FIELDS & set(request.parameters))
+    if misplaced:
+        raise bad(f"parameter(s) {', '.join(map(repr, misplaced))} are not request parameters here: send the boxes "
+                  "as the input tensor 'boxes' (FP32 [N, 4|5], with 'box_image_index' for several images)")
     values = {name: CALL_FIELDS[name].from_json(name, value) for name, value in request.parameters.items()
               if name in CALL_FIELDS and value is not None}
     requests = []
@@ -135,6 +164,10 @@ def _box_image_index(tensor: Tensor | None, boxes: np.ndarray | None, image_coun
     if len(index) and (index.min() < 0 or index.max() >= image_count):
         raise bad(f"input 'box_image_index' must hold image indices 0..{image_count - 1}")
     return index
+
+
+def output_names(num_keypoints: int) -> list[str]:
+    return [spec.name for spec in output_specs(num_keypoints)]
 
 
 def for_image(error: PoseError, index: int, count: int) -> PoseError:

@@ -18,13 +18,14 @@ import binascii
 import json
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from posecore.errors import PoseError
+from service.json_limits import check_json_shape
 
 # v2 datatype -> little-endian numpy dtype. BF16 has no numpy type and is not served here.
 NUMPY_TYPES: dict[str, str] = {
@@ -34,6 +35,9 @@ NUMPY_TYPES: dict[str, str] = {
 }
 BYTES = "BYTES"
 MAX_RANK = 8  # no tensor of this service needs more; bounds the work of reading a nested JSON array
+MAX_HEADER_DIGITS = 19  # Inference-Header-Content-Length: an int64, as Triton reads it
+# (name, datatype, shape) of an input, checked before its data are read (the model's own contract)
+InputCheck = Callable[[str, str, tuple[int, ...]], None]
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ class InferRequest:
 
     @property
     def binary_output(self) -> bool:
-        return self.parameters.get("binary_data_output") is True
+        return self.parameters.get("binary_data_output") is True  # checked to be a boolean when parsed
 
 
 @dataclass(frozen=True)
@@ -92,15 +96,22 @@ def header_length(value: str | None, body_size: int) -> int | None:
     if value is None:
         return None
     text = value.strip()
-    if not text.isdigit() or int(text) > body_size:
+    # ASCII digits only: str.isdigit() also accepts '²' and other digits int() refuses, and int() refuses over
+    # 4300 digits; either was a 500
+    if not (text.isascii() and text.isdigit() and len(text) <= MAX_HEADER_DIGITS) or int(text) > body_size:
         raise bad(f"Inference-Header-Content-Length must be a whole number of bytes up to the body's {body_size}, "
                   f"not {value[:20]!r}")
     return int(text)
 
 
-def parse_infer_request(body: bytes, json_length: int | None) -> InferRequest:
-    """A request body (JSON, or JSON then binary data when json_length is given) -> InferRequest."""
+def parse_infer_request(body: bytes, json_length: int | None, max_json_values: int,
+                        check_input: InputCheck | None = None) -> InferRequest:
+    """A request body (JSON, or JSON then binary data when json_length is given) -> InferRequest.
+
+    The JSON's structure is bounded before it is parsed (service/json_limits.py), and `check_input` sees each
+    input's name, datatype and shape before its data are read or split. CPU-bound: call it off the event loop."""
     head, tail = (body, b"") if json_length is None else (body[:json_length], body[json_length:])
+    check_json_shape(head, max_json_values, "the inference request header")
     try:
         document = json.loads(head)
     except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
@@ -111,13 +122,15 @@ def parse_infer_request(body: bytes, json_length: int | None) -> InferRequest:
     if request_id is not None and not isinstance(request_id, str):
         raise bad("'id' must be a string")
     parameters = _object(document.get("parameters"), "parameters")
+    if not isinstance(parameters.get("binary_data_output", False), bool):
+        raise bad("parameter binary_data_output must be a JSON boolean (true or false), not a string or number")
     raw_inputs = document.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise bad("'inputs' must be a non-empty list of tensors")
     binary = _BinaryReader(tail)
     inputs: dict[str, Tensor] = {}
     for i, raw in enumerate(raw_inputs):
-        tensor = _input(raw, i, binary)
+        tensor = _input(raw, i, binary, check_input)
         if tensor.name in inputs:
             raise bad(f"input '{tensor.name}' is given twice")
         inputs[tensor.name] = tensor
@@ -133,7 +146,7 @@ def _object(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
-def _input(raw: Any, index: int, binary: _BinaryReader) -> Tensor:
+def _input(raw: Any, index: int, binary: _BinaryReader, check_input: InputCheck | None) -> Tensor:
     if not isinstance(raw, dict):
         raise bad(f"inputs[{index}] must be an object with name, shape, datatype and data")
     name, datatype, shape = raw.get("name"), raw.get("datatype"), raw.get("shape")
@@ -144,6 +157,8 @@ def _input(raw: Any, index: int, binary: _BinaryReader) -> Tensor:
     if (not isinstance(shape, list) or len(shape) > MAX_RANK
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
         raise bad(f"input '{name}': shape must be a list of at most {MAX_RANK} non-negative integers")
+    if check_input is not None:
+        check_input(name, datatype, tuple(shape))
     parameters = _object(raw.get("parameters"), f"input '{name}' parameters")
     if "shared_memory_region" in parameters:
         raise bad(f"input '{name}': shared memory is not supported; send the data in the request")
@@ -167,7 +182,7 @@ def _input(raw: Any, index: int, binary: _BinaryReader) -> Tensor:
 
 def _from_binary(name: str, datatype: str, shape: tuple[int, ...], count: int, data: bytes) -> Tensor:
     if datatype == BYTES:
-        elements = _split_bytes(data, name)
+        elements = _split_bytes(data, name, count)
         if len(elements) != count:
             raise bad(f"input '{name}': shape {list(shape)} holds {count} elements, the binary data has "
                       f"{len(elements)}")
@@ -179,10 +194,12 @@ def _from_binary(name: str, datatype: str, shape: tuple[int, ...], count: int, d
     return Tensor(name, datatype, shape, array=np.frombuffer(data, dtype=dtype).reshape(shape))
 
 
-def _split_bytes(data: bytes, name: str) -> list[bytes]:
-    """Serialized BYTES: each element a 4-byte little-endian length and then that many bytes."""
-    elements, offset = [], 0
-    while offset < len(data):
+def _split_bytes(data: bytes, name: str, count: int) -> list[bytes]:
+    """Serialized BYTES: each element a 4-byte little-endian length and then that many bytes. Stops after one
+    element more than the shape's `count` (the caller refuses that)."""
+    elements: list[bytes] = []
+    offset = 0
+    while offset < len(data) and len(elements) <= count:
         if offset + 4 > len(data):
             raise bad(f"input '{name}': BYTES data ends inside an element's 4-byte length")
         (length,) = struct.unpack_from("<I", data, offset)
@@ -288,17 +305,25 @@ def select_outputs(request: InferRequest, available: Sequence[OutputTensor]) -> 
     """The outputs to send, in the order asked for (all, in the model's order, when none were named), and
     which of them go as binary data."""
     by_name = {o.name: o for o in available}
+    check_requested_outputs(request, list(by_name))
     if request.outputs is None:
         return list(available), {o.name: request.binary_output for o in available}
     chosen, binary = [], {}
     for wanted in request.outputs:
-        if wanted.name not in by_name:
-            raise bad(f"unknown output '{wanted.name}'; the outputs are {', '.join(by_name)}")
-        if wanted.name in binary:
-            raise bad(f"output '{wanted.name}' is requested twice")
         chosen.append(by_name[wanted.name])
         binary[wanted.name] = request.binary_output if wanted.binary is None else wanted.binary
     return chosen, binary
+
+
+def check_requested_outputs(request: InferRequest, names: Sequence[str]) -> None:
+    """Every requested output exists, once: checked before any work, not after it."""
+    seen: set[str] = set()
+    for wanted in request.outputs or ():
+        if wanted.name not in names:
+            raise bad(f"unknown output '{wanted.name[:100]}'; the outputs are {', '.join(names)}")
+        if wanted.name in seen:
+            raise bad(f"output '{wanted.name[:100]}' is requested twice")
+        seen.add(wanted.name)
 
 
 def encode_response(response: InferResponse) -> tuple[bytes, int | None]:
