@@ -111,7 +111,8 @@ async def start_serving(state: ServiceState, loaded: LoadedModel, detector: Pers
     await asyncio.to_thread(backend.warmup)
     state.batcher = MicroBatcher(
         infer=backend.infer, max_batch_size=min(settings.max_batch_size, backend.max_batch_size),
-        max_wait_s=settings.max_wait_ms / 1000, max_queue_items=settings.max_queue_crops, metrics=metrics,
+        max_wait_s=settings.max_wait_ms / 1000, max_queue_items=settings.queue_crops(detector is not None),
+        metrics=metrics,
         name="pose-batcher", unit="crops",
     )
     state.batcher.start()
@@ -121,7 +122,7 @@ async def start_serving(state: ServiceState, loaded: LoadedModel, detector: Pers
         # its own queue of whole images; batched where its batch axis allows (the official export: 1 image)
         detection = DetectorStage(detector, MicroBatcher(
             infer=detector.infer, max_batch_size=detector.max_batch_size, max_wait_s=settings.max_wait_ms / 1000,
-            max_queue_items=settings.max_queue_crops, name="detector-batcher", unit="images"))
+            max_queue_items=settings.queue_crops(False), name="detector-batcher", unit="images"))
         detection.batcher.start()
         state.detection = detection
         log.info("person detector %s (%s, input %s, score threshold %.2f) on %s", detector.model_path.name,

@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from posecore.contract import DEFAULT_MAX_BOXES
 
+DEFAULT_QUEUE_CROPS = 64  # k8s/base and the alert rules' thresholds assume it
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="POSE_", protected_namespaces=())
@@ -42,8 +44,15 @@ class Settings(BaseSettings):
     flip_test: bool = Field(False, description="Default for the flip query parameter (2x compute, ~+1 AP).")
     max_batch_size: int = Field(8, ge=1, description="Most crops in one inference batch.")
     max_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits for more crops.")
-    max_queue_crops: int = Field(64, ge=1, description="Committed crops (reserved, queued, running) "
-                                 "before 429.")
+    max_queue_crops: int | None = Field(None, ge=1, description="Committed crops (reserved, queued, running) "
+                                        "before 429. Unset: 64, or with a person detector room for 2 bare photos "
+                                        "(each reserves POSE_MAX_BOXES x 2 with flip until its people are found).")
+
+    def queue_crops(self, detector: bool) -> int:
+        """The crop admission limit in force: the setting, or its default for this deployment."""
+        if self.max_queue_crops is not None:
+            return self.max_queue_crops
+        return max(DEFAULT_QUEUE_CROPS, 2 * self.max_boxes * 2) if detector else DEFAULT_QUEUE_CROPS
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline of one call (all its images), every stage.")
 
     # limits

@@ -122,8 +122,9 @@ def test_without_a_detector_nothing_changes(tiny_onnx):
 
 def test_a_dynamic_batch_detector_serves_concurrent_bare_photos(tiny_onnx, tmp_path):
     path, scene = build_scene_detector(tmp_path / "dynamic.onnx", IMAGE_WH, batch=None)
-    # each bare photo reserves the detector's most crops (max_boxes 100) until its people are found: room for 4
-    app = create_app(Settings(model_path=tiny_onnx, detector_path=path, provider="cpu", max_queue_crops=400))
+    # each bare photo reserves the detector's most crops (max_boxes 100) until its people are found: with a
+    # detector, the default crop limit leaves room for 4 of them (2 with flip), so concurrent photos are served
+    app = create_app(Settings(model_path=tiny_onnx, detector_path=path, provider="cpu"))
     with TestClient(app) as dynamic, concurrent.futures.ThreadPoolExecutor(4) as pool:
         bodies = list(pool.map(lambda _: post(dynamic, jpeg_bytes(*IMAGE_WH)).json(), range(8)))
     assert all(len(b["persons"]) == len(scene.persons) for b in bodies)
