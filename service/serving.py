@@ -210,7 +210,7 @@ class PoseService:
 
     # -- a decoded video frame -------------------------------------------------------------------------------
     async def estimate_frame(self, image: np.ndarray, boxes: np.ndarray | None, flip: bool,
-                             deadline: float) -> PoseResult:
+                             deadline: float, decoding: str | None = None) -> PoseResult:
         """A decoded RGB frame through the same detector, crops, batcher and heatmap decoding as an image (so its
         keypoints equal those of the frame POSTed as a PNG). `boxes` None: the detector finds the people (the
         whole frame is one person without one). `deadline` is the whole video's. Its crops (the detector's most,
@@ -227,7 +227,7 @@ class PoseService:
                 crops.shrink(len(boxes) * views)
             frame_boxes = whole_image_box((width, height)) if boxes is None else boxes
             prepared = await self._in_worker(deadline, _timed(timings, Stage.PREPROCESS, self.codec.crops), image,
-                                             frame_boxes, flip)
+                                             frame_boxes, flip, decoding)
             persons = await self._persons(prepared, crops, deadline, timings)
         self._record(timings, len(persons))
         return PoseResult(prepared.image_wh, prepared.flip, persons, timings, prepared.pipeline.decoding)

@@ -93,6 +93,26 @@ def test_unsmoothed_keypoints_equal_the_decoded_frame_posted_to_v1_pose(detectin
     assert all(sorted(i) == [1, 2] for i in ids) and len({tuple(i) for i in ids}) == 1  # stable, in order
 
 
+def test_the_decode_option_runs_that_pipeline_on_every_frame_as_v1_pose_does(detecting):
+    client, _ = detecting
+    data = encode_video(figure_frames(3, *WH, people=2), "mp4-mpeg4")
+    answers = {decode: lines(post_video(client, data, smooth="false", decode=decode))
+               for decode in ("official", "dark")}
+    assert answers["dark"][-1]["summary"]["decode"] == "dark"
+    assert answers["official"][-1]["summary"]["decode"] == "official"
+    moved = False
+    for line, official, (_, pixels) in zip(answers["dark"][:-1], answers["official"][:-1], decode_video(data),
+                                           strict=True):
+        image = client.post("/v1/pose", files={"image": ("f.png", png_bytes(pixels), "image/png")},
+                            data={"decode": "dark"}).json()
+        assert image["decode"] == "dark"
+        for got, want in zip(line["persons"], image["persons"], strict=True):
+            assert got["coco_keypoints"] == want["coco_keypoints"]
+        moved |= any(a["coco_keypoints"] != b["coco_keypoints"] for a, b in zip(line["persons"], official["persons"],
+                                                                                strict=True))
+    assert moved  # DARK's refinement reached the frames: not the official quarter-pixel shift
+
+
 def test_smoothing_starts_raw_and_then_filters(detecting):
     client, _ = detecting
     data = encode_video(figure_frames(5, *WH, people=2), "mp4-h264")
@@ -171,7 +191,8 @@ def test_requests_that_are_not_videos_or_have_bad_options(client, video):
     assert_error(client.post("/v1/pose/video", files={"image": ("v.mp4", video, "video/mp4")}), 400,
                  "invalid_request")
     for name, value in [("fps", "0"), ("fps", "nan"), ("detect_every", "0"), ("smooth", "maybe"),
-                        ("smooth_beta", "-1"), ("track_threshold", "1.5"), ("track_max_missing", "-1")]:
+                        ("smooth_beta", "-1"), ("track_threshold", "1.5"), ("track_max_missing", "-1"),
+                        ("decode", "sharpest")]:
         assert_error(post_video(client, video, **{name: value}), 400, "invalid_request")
 
 

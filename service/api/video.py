@@ -170,6 +170,7 @@ async def pose_stream(websocket: WebSocket) -> None:
         return
     try:
         options = read_options([websocket.query_params], state.settings.flip_test)
+        poser.codec.pipeline(options.decode)  # a decoding the card does not allow: refused before the handshake
         release = take_video_slot(state)
     except PoseError as error:
         await websocket.close(code=1013 if error.code == "overloaded" else 1008, reason=error.message[:120])

@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from posecore.codecs.spec import DECODINGS
+from posecore.contract import PoseOptions
 from posecore.errors import PoseError
 from service.video.smoothing import OneEuroParams
 
@@ -20,6 +22,7 @@ class VideoOptions:
     one_euro: OneEuroParams = field(default_factory=OneEuroParams)
     track_threshold: float = 0.3  # OKS (IoU) a person must reach to continue a track: mmpose's tracking_thr
     track_max_missing: int = 10  # frames a track survives unmatched: mmdeploy's track_max_missing
+    decode: str | None = None  # the test-time pipeline (posecore.codecs.spec); None: the model card's
 
 
 def _bool(name: str, text: str) -> bool:
@@ -54,6 +57,12 @@ def _fraction(name: str, text: str) -> float:
     return value
 
 
+def _decoding(name: str, text: str) -> str:
+    if text not in DECODINGS:
+        raise PoseError("invalid_request", f"'{name}' must be one of {', '.join(DECODINGS)}, not {text[:20]!r}")
+    return text
+
+
 OPTIONS: dict[str, tuple[Callable[[str, str], Any], str]] = {
     "flip": (_bool, "Flip test (2x compute); default from POSE_FLIP_TEST."),
     "smooth": (_bool, "One-Euro smoothing of the keypoints per track (default true); false: raw keypoints, equal "
@@ -69,6 +78,7 @@ OPTIONS: dict[str, tuple[Callable[[str, str], Any], str]] = {
     "track_threshold": (_fraction, "Similarity (OKS, or box IoU) a person needs to keep a track's ID (default 0.3)."),
     "track_max_missing": (lambda n, t: _count(n, t, 0), "Frames a person may go unseen and keep their ID "
                           "(default 10)."),
+    "decode": (_decoding, PoseOptions.model_fields["decode"].description or ""),
 }
 
 
@@ -94,11 +104,14 @@ def read_options(sources: list[Mapping[str, Any]], default_flip: bool) -> VideoO
                                values.get("smooth_d_cutoff", defaults.d_cutoff)),
         track_threshold=values.get("track_threshold", 0.3),
         track_max_missing=values.get("track_max_missing", 10),
+        decode=values.get("decode"),
     )
 
 
 def query_parameters() -> list[dict[str, Any]]:
     """OpenAPI parameters of the options."""
     kinds = {"flip": "boolean", "smooth": "boolean", "detect_every": "integer", "track_max_missing": "integer"}
-    return [{"name": name, "in": "query", "required": False, "schema": {"type": kinds.get(name, "number")},
+    schemas = {name: {"type": kind} for name, kind in kinds.items()} | {"decode": {"type": "string",
+                                                                                  "enum": list(DECODINGS)}}
+    return [{"name": name, "in": "query", "required": False, "schema": schemas.get(name, {"type": "number"}),
              "description": doc} for name, (_, doc) in OPTIONS.items()]

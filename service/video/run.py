@@ -94,7 +94,7 @@ class VideoRun:
             "frames": self.frames, "video_frames": info.frames, "tracks": self.session.tracks,
             "width": info.width, "height": info.height, "codec": info.codec, "container": info.container,
             "fps": info.fps, "smooth": self.session.smoother is not None,
-            "detect_every": self.session.options.detect_every,
+            "detect_every": self.session.options.detect_every, "decode": self.session.decoding,
             "elapsed_s": round(elapsed, 4), "frames_per_s": round(self.frames / elapsed, 3) if elapsed else None,
             "timings_ms": timings_ms(self.totals_s),
         }

@@ -51,6 +51,8 @@ class VideoSession:
     def __init__(self, poser: PoseService, options: VideoOptions) -> None:
         self.poser = poser
         self.options = options
+        # a decoding the model card does not allow is refused here, before any frame (PoseError invalid_request)
+        self.decoding = poser.codec.pipeline(options.decode).decoding
         self.tracker = PoseTracker(options.track_threshold, options.track_max_missing)
         self.smoother = PoseSmoother(options.one_euro) if options.smooth else None
         self.steps = 0  # frames followed so far
@@ -67,7 +69,7 @@ class VideoSession:
         boxes = self._carried if self.carries_boxes(step) else None
         while True:
             try:
-                return await self.poser.estimate_frame(image, boxes, self.options.flip, deadline)
+                return await self.poser.estimate_frame(image, boxes, self.options.flip, deadline, self.options.decode)
             except PoseError as error:
                 if error.code != "overloaded" or not patient:
                     raise
