@@ -153,16 +153,28 @@ def _width_hint(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> str
     return f" Hint: the checkpoint looks like HRNet-W{given.shape[1]}, the model is HRNet-W{expected.shape[1]}."
 
 
-def check_fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    """Raise CheckpointMismatch, with a message of a few lines, unless the keys and shapes match exactly."""
+Mismatched = list[tuple[str, tuple[int, ...], tuple[int, ...]]]  # key, the checkpoint's shape, the model's
+
+
+def key_differences(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                    ) -> tuple[list[str], list[str], Mismatched]:
+    """The model's keys the checkpoint lacks, the checkpoint's keys the model lacks, and the shared keys whose
+    shapes differ: all empty when the checkpoint loads strictly."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     mismatched = [(k, tuple(state_dict[k].shape), tuple(v.shape)) for k, v in expected.items()
                   if k in state_dict and state_dict[k].shape != v.shape]
+    return missing, unexpected, mismatched
+
+
+def check_fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise CheckpointMismatch, with a message of a few lines, unless the keys and shapes match exactly."""
+    missing, unexpected, mismatched = key_differences(model, state_dict)
     if not (missing or unexpected or mismatched):
         return
-    parts = [f"checkpoint {source} does not fit the model ({len(state_dict)} tensors given, {len(expected)} expected)"]
+    expected = len(model.state_dict())
+    parts = [f"checkpoint {source} does not fit the model ({len(state_dict)} tensors given, {expected} expected)"]
     if missing:
         parts.append(_listing("missing keys", missing))
     if unexpected:

@@ -51,7 +51,8 @@ class RequestDefaults:
 
 
 # -- reading one value ------------------------------------------------------------------------------
-def _bool_from_text(name: str, text: str) -> bool:
+def bool_from_text(name: str, text: str) -> bool:
+    """A boolean option given as text (query parameter, form field): true/false, 1/0, yes/no, on/off."""
     value = text.strip().lower()
     if value in ("true", "1", "yes", "on"):
         return True
@@ -72,7 +73,8 @@ def _box_format(name: str, value: Any) -> str:
     return str(value)
 
 
-def _decoding(name: str, value: Any) -> str:
+def decoding(name: str, value: Any) -> str:
+    """A `decode` option: one of the pipeline names (whether the card allows it is the codec's to say)."""
     if value not in DECODINGS:
         raise PoseError("invalid_request", f"'{name}' must be one of {', '.join(DECODINGS)}, not {str(value)[:20]!r}")
     return str(value)
@@ -119,9 +121,9 @@ FIELDS: tuple[RequestField, ...] = (
     RequestField("boxes", {"anyOf": [_BOX_LIST, {"type": "null"}]}, {"type": "string"}, BOXES_DESCRIPTION,
                  _json_text, _boxes_from_json, per_item=True),
     RequestField("box_format", _FORMAT, _FORMAT, _described("box_format"), _box_format, _box_format),
-    RequestField("flip", _BOOL, _BOOL, _described("flip"), _bool_from_text, _bool_from_json),
-    RequestField("detect", _BOOL, _BOOL, _described("detect"), _bool_from_text, _bool_from_json),
-    RequestField("decode", _DECODING, _DECODING, _described("decode"), _decoding, _decoding, item_override=True),
+    RequestField("flip", _BOOL, _BOOL, _described("flip"), bool_from_text, _bool_from_json),
+    RequestField("detect", _BOOL, _BOOL, _described("detect"), bool_from_text, _bool_from_json),
+    RequestField("decode", _DECODING, _DECODING, _described("decode"), decoding, decoding, item_override=True),
 )
 
 

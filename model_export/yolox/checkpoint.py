@@ -21,7 +21,12 @@ from typing import Any
 
 import torch
 
-from model_export.checkpoint import CheckpointError, CheckpointMismatch, unwrap_state_dict
+from model_export.checkpoint import (
+    CheckpointError,
+    CheckpointMismatch,
+    key_differences,
+    unwrap_state_dict,
+)
 from model_export.yolox.model import YOLOX
 
 log = logging.getLogger(__name__)
@@ -114,11 +119,7 @@ def _listing(kind: str, keys: list[str]) -> str:
 
 def check_fits_one_line(model: YOLOX, state_dict: Mapping[str, torch.Tensor], source: str, layout: str) -> None:
     """CheckpointMismatch with a one-line message unless keys and shapes match the model exactly."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [(k, tuple(state_dict[k].shape), tuple(v.shape)) for k, v in expected.items()
-                  if k in state_dict and state_dict[k].shape != v.shape]
+    missing, unexpected, mismatched = key_differences(model, state_dict)
     if not (missing or unexpected or mismatched):
         return
     parts = []

@@ -10,6 +10,7 @@ from typing import Any
 from posecore.codecs.spec import DECODINGS
 from posecore.contract import PoseOptions
 from posecore.errors import PoseError
+from service.request import bool_from_text, decoding
 from service.video.smoothing import OneEuroParams
 
 
@@ -23,15 +24,6 @@ class VideoOptions:
     track_threshold: float = 0.3  # OKS (IoU) a person must reach to continue a track: mmpose's tracking_thr
     track_max_missing: int = 10  # frames a track survives unmatched: mmdeploy's track_max_missing
     decode: str | None = None  # the test-time pipeline (posecore.codecs.spec); None: the model card's
-
-
-def _bool(name: str, text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("true", "1", "yes", "on"):
-        return True
-    if value in ("false", "0", "no", "off"):
-        return False
-    raise PoseError("invalid_request", f"'{name}' must be true or false, not {text[:20]!r}")
 
 
 def _number(name: str, text: str, low: float, *, above: bool = False) -> float:
@@ -57,16 +49,10 @@ def _fraction(name: str, text: str) -> float:
     return value
 
 
-def _decoding(name: str, text: str) -> str:
-    if text not in DECODINGS:
-        raise PoseError("invalid_request", f"'{name}' must be one of {', '.join(DECODINGS)}, not {text[:20]!r}")
-    return text
-
-
 OPTIONS: dict[str, tuple[Callable[[str, str], Any], str]] = {
-    "flip": (_bool, "Flip test (2x compute); default from POSE_FLIP_TEST."),
-    "smooth": (_bool, "One-Euro smoothing of the keypoints per track (default true); false: raw keypoints, equal "
-                      "to /v1/pose on each frame."),
+    "flip": (bool_from_text, "Flip test (2x compute); default from POSE_FLIP_TEST."),
+    "smooth": (bool_from_text, "One-Euro smoothing of the keypoints per track (default true); false: raw "
+                               "keypoints, equal to /v1/pose on each frame."),
     "fps": (lambda n, t: _number(n, t, 0.0, above=True), "Sample the video down to at most this many frames per "
             "second (by presentation time)."),
     "detect_every": (_count, "Run the person detector on every k-th frame (default 1); between, each person's box "
@@ -78,7 +64,7 @@ OPTIONS: dict[str, tuple[Callable[[str, str], Any], str]] = {
     "track_threshold": (_fraction, "Similarity (OKS, or box IoU) a person needs to keep a track's ID (default 0.3)."),
     "track_max_missing": (lambda n, t: _count(n, t, 0), "Frames a person may go unseen and keep their ID "
                           "(default 10)."),
-    "decode": (_decoding, PoseOptions.model_fields["decode"].description or ""),
+    "decode": (decoding, PoseOptions.model_fields["decode"].description or ""),
 }
 
 
