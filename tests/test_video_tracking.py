@@ -4,9 +4,15 @@ names two true people is a reuse."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
+from posecore.codec import PoseCodec
+from posecore.modelcard import ModelCard
+from service.video.options import read_options
+from service.video.session import VideoSession
 from service.video.tracking import PoseTracker, box_iou, keypoint_oks
 
 # a standing person's 17 COCO joints, as fractions of their box (x, y)
@@ -124,11 +130,10 @@ def test_the_similarities_are_coco_oks_and_iou():
 
 
 def test_the_tracking_options_reach_the_tracker():
-    from service.video.options import read_options
-    from service.video.session import VideoSession
-
+    # the session asks only the pose codec (whether the card allows the decoding) of the service it runs on
+    poser = SimpleNamespace(codec=PoseCodec(ModelCard.official_defaults("card", (256, 192), (64, 48))))
     options = read_options([{"track_threshold": "0.5", "track_max_missing": "0"}], default_flip=False)
-    tracker = VideoSession(poser=None, options=options).tracker  # type: ignore[arg-type]
+    tracker = VideoSession(poser=poser, options=options).tracker  # type: ignore[arg-type]
     assert (tracker.match_threshold, tracker.max_missing) == (0.5, 0)
-    defaults = VideoSession(poser=None, options=read_options([], default_flip=False)).tracker  # type: ignore[arg-type]
+    defaults = VideoSession(poser=poser, options=read_options([], default_flip=False)).tracker  # type: ignore[arg-type]
     assert (defaults.match_threshold, defaults.max_missing) == (0.3, 10)
