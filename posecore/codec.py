@@ -19,7 +19,7 @@ import numpy as np
 from posecore import geometry, heatmaps
 from posecore.boxes import fit_to_image
 from posecore.codecs import pipelines
-from posecore.codecs.spec import Decoding, Pipeline, allowed_decodings, card_decoding, resolve_pipeline
+from posecore.codecs.spec import Pipeline, allowed_decodings, resolve_pipeline
 from posecore.modelcard import ModelCard
 
 OFFICIAL = Pipeline("official")
@@ -55,7 +55,6 @@ class PoseCodec:
         self.input_wh = (card.input.width, card.input.height)
         self.aspect_ratio = card.input.width / card.input.height
         self.flip_pairs = card.flip_pairs
-        self.default_decoding: Decoding = card_decoding(card.codec)
         self.allowed_decodings = allowed_decodings(card.codec)
 
     def pipeline(self, decoding: str | None = None) -> Pipeline:

@@ -28,15 +28,20 @@ TRIM_AFTER_BYTES = 8 * 2**20  # a request body, or a decoded image's RGB array, 
 HANDLED_BYTES = "handled_bytes"  # scope["state"] key: a body's size after inflating, when larger than on the wire
 
 
-def _malloc_trim() -> Any:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+def _libc_function(name: str) -> Any:
+    """glibc's `name`, or None where there is none (musl and macOS have neither malloc_trim nor these mallopt
+    parameters)."""
+    library = ctypes.util.find_library("c")
     try:
-        trim = ctypes.CDLL(name).malloc_trim  # glibc only: musl and macOS have none
+        return getattr(ctypes.CDLL(library), name) if library else None
     except (OSError, AttributeError):
         return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+
+
+def _malloc_trim() -> Any:
+    trim = _libc_function("malloc_trim")
+    if trim is not None:
+        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return trim
 
 
@@ -49,11 +54,7 @@ def limit_arenas(environ: dict[str, str]) -> bool:
     """mallopt(M_ARENA_MAX, 2) unless MALLOC_ARENA_MAX is set (the operator's choice wins). True when set."""
     if "MALLOC_ARENA_MAX" in environ:
         return False
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
-        mallopt = None
+    mallopt = _libc_function("mallopt")
     return bool(mallopt is not None and mallopt(M_ARENA_MAX, ARENAS) == 1)
 
 

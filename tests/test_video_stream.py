@@ -87,6 +87,8 @@ def test_the_api_key_and_the_stream_limit_are_enforced_at_the_handshake(client):
         assert busy.value.code == 1013  # POSE_MAX_CONCURRENT_VIDEOS=1: try again later
         first.send_bytes(png_bytes(figure_frames(1, *WH)[0]))
         assert "persons" in json.loads(first.receive_text())
-    with pytest.raises(WebSocketDisconnect) as bad, client.websocket_connect("/v1/pose/stream?fps=-1", headers=KEY):
-        pass
-    assert bad.value.code == 1008
+    for query in ("fps=-1", "decode=sharpest"):
+        with pytest.raises(WebSocketDisconnect) as bad, client.websocket_connect(f"/v1/pose/stream?{query}",
+                                                                                 headers=KEY):
+            pass
+        assert bad.value.code == 1008

@@ -17,7 +17,6 @@ from model_export.yolox.configs import YoloxConfig
 BN_EPS = 1e-3  # the exps' init_yolo (and mmdetection's norm_cfg) set eps 1e-3, momentum 0.03
 BN_MOMENTUM = 0.03
 SPP_KERNELS = (5, 9, 13)
-HEAD_STRIDES = (8, 16, 32)
 PAFPN_CHANNELS = (256, 512, 1024)  # scaled by the width multiplier
 HEAD_CHANNELS = 256
 

@@ -170,7 +170,7 @@ async def pose_stream(websocket: WebSocket) -> None:
         return
     try:
         options = read_options([websocket.query_params], state.settings.flip_test)
-        poser.codec.pipeline(options.decode)  # a decoding the card does not allow: refused before the handshake
+        session = VideoSession(poser, options)  # a decoding the card does not allow: refused before the handshake
         release = take_video_slot(state)
     except PoseError as error:
         await websocket.close(code=1013 if error.code == "overloaded" else 1008, reason=error.message[:120])
@@ -180,7 +180,7 @@ async def pose_stream(websocket: WebSocket) -> None:
         settings = state.settings
         limits = StreamLimits(settings.max_image_bytes, settings.max_image_pixels, settings.request_timeout_s,
                               settings.stream_queue_frames)
-        stream = LiveStream(websocket, VideoSession(poser, options), limits, state.metrics,
+        stream = LiveStream(websocket, session, limits, state.metrics,
                             list(poser.codec.card.keypoints))
         await stream.serve()
     finally:
